@@ -1,0 +1,331 @@
+"""Experiment configs: plain YAML validated by pydantic models.
+
+Every field is checked; an error names its YAML path (``methods[1].rr``) and the
+allowed fields or values, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pefteval.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+GridFloat = Union[float, list[float]]
+GridInt = Union[int, list[int]]
+
+
+class TrainingConfig(_Strict):
+    """Optimisation settings. List-valued fields are grid axes (the paper's Table 6)."""
+
+    epochs: int = Field(3, ge=1)
+    lr: GridFloat = 2e-5
+    warmup_ratio: GridFloat = 0.06
+    batch_size: GridInt = 32
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_seq_length: int = Field(128, ge=8)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    group_by_length: bool = True
+    eval_batch_size: int = Field(128, ge=1)
+
+    @field_validator("lr", "warmup_ratio", "batch_size")
+    @classmethod
+    def _nonempty_positive(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("a grid axis needs at least one value")
+        if any(v < 0 for v in values):
+            raise ValueError("values must not be negative")
+        return value
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Expand list-valued fields into scalar grid points (lr-major order)."""
+        axes = {k: getattr(self, k) for k in ("lr", "warmup_ratio", "batch_size")}
+        lists = {k: v if isinstance(v, list) else [v] for k, v in axes.items()}
+        points = []
+        for combo in itertools.product(*lists.values()):
+            point = self.model_dump()
+            point.update(dict(zip(lists.keys(), combo)))
+            points.append(point)
+        return points
+
+
+class TrainingOverride(_Strict):
+    """Per-method changes to the experiment's training settings."""
+
+    epochs: int | None = Field(None, ge=1)
+    lr: GridFloat | None = None
+    warmup_ratio: GridFloat | None = None
+    batch_size: GridInt | None = None
+    weight_decay: float | None = Field(None, ge=0.0)
+    max_grad_norm: float | None = Field(None, gt=0.0)
+    max_seq_length: int | None = Field(None, ge=8)
+    precision: Literal["bf16", "fp32"] | None = None
+    group_by_length: bool | None = None
+    eval_batch_size: int | None = Field(None, ge=1)
+
+
+class _MethodBase(_Strict):
+    name: str | None = None
+    training: TrainingOverride | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+    def method_params(self) -> dict[str, Any]:
+        """The fields that define the method itself (what a trial hash needs)."""
+        return self.model_dump(exclude={"name", "training"})
+
+
+class FFTMethod(_MethodBase):
+    """Full fine-tuning; with top_k_layers only the last k transformer blocks train."""
+
+    type: Literal["fft"]
+    top_k_layers: int | None = Field(None, ge=1)
+
+
+class BitFitMethod(_MethodBase):
+    """Bias terms only (Ben Zaken et al. 2022)."""
+
+    type: Literal["bitfit"]
+
+
+class LoraMethod(_MethodBase):
+    type: Literal["lora"]
+    r: int = Field(8, ge=1)
+    alpha: float = 16
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+
+
+class AdaLoraMethod(_MethodBase):
+    type: Literal["adalora"]
+    r: int = Field(8, ge=1, description="target average rank after budget allocation")
+    init_r: int = Field(12, ge=1)
+    alpha: float = 32
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = None
+
+
+class PrefixMethod(_MethodBase):
+    type: Literal["prefix"]
+    num_virtual_tokens: int = Field(20, ge=1)
+    prefix_projection: bool = False
+
+
+class IA3Method(_MethodBase):
+    type: Literal["ia3"]
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
+class PeftMethod(_MethodBase):
+    """Any other method of the peft library, by its PeftType name and config kwargs."""
+
+    type: Literal["peft"]
+    peft_type: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+MethodConfig = Annotated[
+    Union[FFTMethod, BitFitMethod, LoraMethod, AdaLoraMethod, PrefixMethod, IA3Method, PeftMethod],
+    Field(discriminator="type"),
+]
+METHOD_TYPES: dict[str, type[_MethodBase]] = {
+    "fft": FFTMethod,
+    "bitfit": BitFitMethod,
+    "lora": LoraMethod,
+    "adalora": AdaLoraMethod,
+    "prefix": PrefixMethod,
+    "ia3": IA3Method,
+    "peft": PeftMethod,
+}
+
+
+class DataConfig(_Strict):
+    """How task splits are drawn. All subsets are fixed by split_seed, not by the trial seed."""
+
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    validation_size: float = Field(0.1, gt=0.0, description="fraction (<1) or count (>=1)")
+    max_validation_examples: int | None = Field(1000, ge=1)
+    train_from: Literal["auto", "train", "dev"] = "auto"
+    dev_test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+
+class DataOverride(_Strict):
+    """Per-task changes to the experiment's data settings (e.g. fewer examples of a long-text task)."""
+
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    validation_size: float | None = Field(None, gt=0.0)
+    max_validation_examples: int | None = Field(None, ge=1)
+    train_from: Literal["auto", "train", "dev"] | None = None
+    dev_test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+
+
+class ExperimentConfig(_Strict):
+    name: str
+    model: str
+    tasks: list[str] = Field(min_length=1)
+    task_data: dict[str, DataOverride] = Field(default_factory=dict)
+    methods: list[MethodConfig] = Field(min_length=1)
+    seeds: list[int] = Field([0, 42, 421, 520, 1228], min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    save_weights: bool = True
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        from pefteval.tasks import TASKS
+
+        for task in tasks:
+            if task not in TASKS:
+                raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
+        return tasks
+
+    @field_validator("task_data")
+    @classmethod
+    def _known_task_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pefteval.tasks import TASKS
+
+        for task in value:
+            if task not in TASKS:
+                raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_labels(cls, methods: list[Any]) -> list[Any]:
+        labels = [m.label for m in methods]
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        if dupes:
+            raise ValueError(f"method names must be unique; give each variant a 'name' ({', '.join(dupes)} repeats)")
+        return methods
+
+    def data_for(self, task: str) -> DataConfig:
+        """The experiment's data settings with the task's overrides applied; command-line
+        limits (set on ``data``) still win because they are applied to both."""
+        merged = self.data.model_dump()
+        if task in self.task_data:
+            merged.update(self.task_data[task].model_dump(exclude_none=True))
+        return DataConfig(**merged)
+
+    def training_for(self, method: _MethodBase) -> TrainingConfig:
+        merged = self.training.model_dump()
+        if method.training is not None:
+            merged.update(method.training.model_dump(exclude_none=True))
+        return TrainingConfig(**merged)
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """Model classes reachable from a field annotation (through list/Union/Annotated)."""
+    origin = get_origin(annotation)
+    if origin is None:
+        return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+    found = []
+    for arg in get_args(annotation):
+        found.extend(_unwrap(arg))
+    return found
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last element of a validation error location."""
+    current: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if part in METHOD_TYPES and current is ExperimentConfig:
+            current = METHOD_TYPES[part]
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            if part in METHOD_TYPES:
+                current = METHOD_TYPES[part]
+            continue  # a mapping key (task_data.rte) or a union tag
+        models = _unwrap(field.annotation)
+        if not models:
+            return None
+        current = models[0]
+    return current
+
+
+def _strip_method_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the discriminator tag into the location (methods.0.lora.r); drop it
+    out = []
+    for i, part in enumerate(loc):
+        if part in METHOD_TYPES and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid experiment config"]
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        path = _format_loc(_strip_method_tags(loc))
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            allowed = list(owner.model_fields) if owner else []
+            field = str(loc[-1])
+            hint = _suggest(field, allowed)
+            lines.append(f"  {path}: unknown field '{field}'{hint}; allowed fields here: {', '.join(allowed)}")
+        elif item["type"] == "union_tag_invalid":
+            lines.append(f"  {path}.type: unknown method type {item['input'].get('type')!r}; "
+                         f"allowed: {', '.join(METHOD_TYPES)}")
+        elif item["type"] == "union_tag_not_found":
+            lines.append(f"  {path}: a method needs a 'type' (one of {', '.join(METHOD_TYPES)})")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path}: {msg} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of fields (name, model, tasks, methods, ...)")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass the path of an experiment YAML, e.g. configs/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, str(path))

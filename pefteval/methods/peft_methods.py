@@ -1,0 +1,70 @@
+"""LoRA, AdaLoRA, Prefix, IA3 and any other peft method, built with the peft library.
+
+peft's SEQ_CLS task type marks the classification head (``classifier``/``score``)
+as a module to save, so the head trains under every method here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from pefteval.config import AdaLoraMethod, IA3Method, LoraMethod, PeftMethod, PrefixMethod, _MethodBase
+from pefteval.errors import UserError
+
+
+def build_peft_config(method: _MethodBase, total_steps: int) -> Any:
+    import peft
+
+    task = peft.TaskType.SEQ_CLS
+    if isinstance(method, LoraMethod):
+        return peft.LoraConfig(task_type=task, r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
+                               target_modules=method.target_modules)
+    if isinstance(method, AdaLoraMethod):
+        # AdaLoRA prunes from init_r to r over the middle of training: warm up for 10 %
+        # of the steps, fix the budget for the last 20 %
+        tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
+        return peft.AdaLoraConfig(task_type=task, init_r=max(method.init_r, method.r), target_r=method.r,
+                                  lora_alpha=method.alpha, lora_dropout=method.dropout,
+                                  target_modules=method.target_modules, total_step=max(total_steps, tinit + tfinal + 1),
+                                  tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 50))
+    if isinstance(method, PrefixMethod):
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=method.num_virtual_tokens,
+                                       prefix_projection=method.prefix_projection)
+    if isinstance(method, IA3Method):
+        return peft.IA3Config(task_type=task, target_modules=method.target_modules,
+                              feedforward_modules=method.feedforward_modules)
+    if isinstance(method, PeftMethod):
+        return generic_peft_config(method.peft_type, method.kwargs)
+    raise TypeError(f"not a peft method: {method!r}")
+
+
+def generic_peft_config(peft_type: str, kwargs: dict[str, Any]) -> Any:
+    import peft
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    key = peft_type.upper()
+    if key not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        known = ", ".join(sorted(str(getattr(k, "value", k)) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
+        raise UserError(f"unknown peft_type '{peft_type}'; peft {peft.__version__} knows: {known}")
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[key]
+    try:
+        return config_cls(task_type=peft.TaskType.SEQ_CLS, **kwargs)
+    except TypeError as err:
+        raise UserError(f"peft_type {key}: bad kwargs ({err}); see peft's {config_cls.__name__}") from None
+
+
+def apply_peft(model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool) -> tuple[nn.Module, Callable[[int], None] | None]:
+    import peft
+
+    config = build_peft_config(method, total_steps)
+    try:
+        wrapped = peft.get_peft_model(model, config)
+    except ValueError as err:
+        raise UserError(f"method {method.label}: peft could not apply it to {type(model).__name__}: {err}") from None
+    on_step = None
+    if isinstance(method, AdaLoraMethod):
+        def on_step(step: int) -> None:
+            wrapped.base_model.update_and_allocate(step)
+    return wrapped, on_step

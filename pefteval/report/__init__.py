@@ -1,0 +1,232 @@
+"""Build the comparison table (the paper's Table 3 shape) from the results store.
+
+Protocol: for each method and task, the grid point with the best mean validation
+accuracy over seeds is selected; its clean (original) and adversarial test
+accuracies are reported as mean (sample std) over seeds. The store is the only
+input, so a report can be rebuilt at any time without retraining.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pefteval.metrics import mean_std
+
+FORMATS = ("markdown", "csv", "latex")
+
+
+@dataclass
+class Cell:
+    orig: tuple[float, float]
+    adv: tuple[float, float]
+    seeds: int
+    hp: dict[str, Any]
+    validation: float
+
+
+@dataclass
+class MethodRow:
+    method: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+    trainable: list[int] = field(default_factory=list)
+    base: list[int] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ComparisonTable:
+    tasks: list[str]
+    rows: list[MethodRow]
+    notes: list[str]
+    adversarial_split: str = "advglue"
+
+    def averages(self, row: MethodRow) -> tuple[float, float]:
+        if not self.tasks or any(t not in row.cells for t in self.tasks):
+            return float("nan"), float("nan")
+        orig = sum(row.cells[t].orig[0] for t in self.tasks) / len(self.tasks)
+        adv = sum(row.cells[t].adv[0] for t in self.tasks) / len(self.tasks)
+        return orig, adv
+
+
+def _hp_key(training: dict[str, Any]) -> str:
+    return json.dumps(training, sort_keys=True)
+
+
+def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
+    records = [r for r in records if r.get("status") == "complete"]
+    tasks: list[str] = []
+    methods: list[str] = []
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        cfg = rec["config"]
+        if cfg["task"] not in tasks:
+            tasks.append(cfg["task"])
+        if cfg["method_label"] not in methods:
+            methods.append(cfg["method_label"])
+        groups[(cfg["task"], cfg["method_label"], _hp_key(cfg["training"]))].append(rec)
+    rows = {m: MethodRow(m) for m in methods}
+    notes: set[str] = set()
+    seeds_seen: set[int] = set()
+    for task in tasks:
+        for method in methods:
+            candidates = [(key, recs) for (t, m, key), recs in groups.items() if t == task and m == method]
+            if not candidates:
+                continue
+            # best grid point by mean validation accuracy; ties go to the earliest in grid order
+            key, chosen = max(candidates, key=lambda kv: mean_std([r["metrics"]["validation"]["accuracy"]
+                                                                   for r in kv[1]])[0])
+            row = rows[method]
+            row.cells[task] = Cell(
+                orig=mean_std([r["metrics"]["test"]["accuracy"] for r in chosen]),
+                adv=mean_std([r["metrics"]["advglue"]["accuracy"] for r in chosen if "advglue" in r["metrics"]]),
+                seeds=len(chosen), hp=json.loads(key),
+                validation=mean_std([r["metrics"]["validation"]["accuracy"] for r in chosen])[0],
+            )
+            for r in chosen:
+                row.trainable.append(r["params"]["trainable"])
+                row.base.append(r["params"]["base"])
+                row.train_seconds.append(r["train_seconds"])
+                row.peak_rss_mb.append(r.get("peak_rss_mb", float("nan")))
+                seeds_seen.add(r["config"]["seed"])
+                notes.update(r.get("notes", []))
+    first = records[0] if records else None
+    header_notes = []
+    if first is not None:
+        hp = first["config"]["training"]
+        header_notes.append(f"Model: {first['config']['model']}; device: {first.get('device', '?')}; "
+                            f"versions: {', '.join(f'{k} {v}' for k, v in first.get('versions', {}).items())}.")
+        header_notes.append(f"Accuracy in %, mean (sample std) over seeds {sorted(seeds_seen)}; 'orig' is the GLUE dev "
+                            "set (or its held-out test part, see below), 'adv' the matching AdvGLUE dev set.")
+        header_notes.append("Per method and task, the grid point with the best mean validation accuracy is selected; "
+                            "the validation set is held out from the training data, never the test set.")
+        header_notes.append("The classification head trains under every method and is counted in 'Trainable'; "
+                            "'%' is relative to the pretrained model with its head.")
+        header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
+                            f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded).")
+    if failed:
+        header_notes.append(f"{failed} trial(s) failed and are left out; see `results.sqlite` and their run logs.")
+    return ComparisonTable(tasks, [rows[m] for m in methods], header_notes + sorted(notes))
+
+
+def _pct(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _ms(pair: tuple[float, float]) -> str:
+    mean, std = pair
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
+
+
+def _count(values: list[int]) -> str:
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+
+def _share(row: MethodRow) -> str:
+    if not row.trainable:
+        return "–"
+    return f"{100 * sum(row.trainable) / sum(row.base):.3f}"
+
+
+def _mean(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _display(task: str) -> str:
+    from pefteval.tasks import TASKS
+
+    return TASKS[task].display if task in TASKS else task
+
+
+def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
+    header = ["Method"]
+    for task in table.tasks:
+        header += [f"{_display(task)} orig", f"{_display(task)} adv"]
+    header += ["Avg orig", "Avg adv", "Trainable", "%", "Time (s)"]
+    body = []
+    for row in table.rows:
+        line = [row.method]
+        for task in table.tasks:
+            cell = row.cells.get(task)
+            line += [_ms(cell.orig), _ms(cell.adv)] if cell else ["–", "–"]
+        avg_o, avg_a = table.averages(row)
+        line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}"]
+        body.append(line)
+    return header, body
+
+
+def selection_lines(table: ComparisonTable) -> list[str]:
+    lines = []
+    for row in table.rows:
+        for task in table.tasks:
+            cell = row.cells.get(task)
+            if cell:
+                hp = cell.hp
+                lines.append(f"{row.method} / {_display(task)}: lr {hp['lr']:g}, warmup {hp['warmup_ratio']:g}, "
+                             f"batch {hp['batch_size']}; validation {_pct(cell.validation)}; {cell.seeds} seed(s)")
+    return lines
+
+
+def render_markdown(table: ComparisonTable) -> str:
+    header, body = table_rows(table)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in body]
+    out.append("")
+    out += [f"- {note}" for note in table.notes]
+    sel = selection_lines(table)
+    if sel:
+        out += ["", "Selected grid points:", *[f"- {s}" for s in sel]]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(table: ComparisonTable) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "task", "split", "mean", "std", "seeds", "lr", "warmup_ratio", "batch_size",
+                     "trainable_params", "trainable_pct", "mean_train_seconds", "mean_peak_rss_mb"])
+    for row in table.rows:
+        for task in table.tasks:
+            cell = row.cells.get(task)
+            if cell is None:
+                continue
+            for split, (mean, std) in (("orig", cell.orig), ("adv", cell.adv)):
+                writer.writerow([row.method, task, split, f"{mean:.6f}", "" if math.isnan(std) else f"{std:.6f}",
+                                 cell.seeds, cell.hp["lr"], cell.hp["warmup_ratio"], cell.hp["batch_size"],
+                                 _count(row.trainable).replace(",", ""), _share(row),
+                                 f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+    return buf.getvalue()
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("–", "--")):
+        text = text.replace(a, b)
+    return text
+
+
+def render_latex(table: ComparisonTable) -> str:
+    header, body = table_rows(table)
+    cols = "l" + "r" * (len(header) - 1)
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+           " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    out += [" & ".join(_latex_escape(c) for c in line) + r" \\" for line in body]
+    out += [r"\bottomrule", r"\end{tabular}",
+            r"\caption{Accuracy (\%), mean (std) over seeds, original and adversarial (AdvGLUE) sets.}",
+            r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def render(table: ComparisonTable, fmt: str) -> str:
+    return {"markdown": render_markdown, "csv": render_csv, "latex": render_latex}[fmt](table)

@@ -1,0 +1,149 @@
+"""The local executor: runs every planned trial that the store does not already
+hold as complete, each in its own process, and records it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pefteval.plan import Trial
+from pefteval.store import ResultStore, atomic_write_json
+
+
+@dataclass
+class SweepSummary:
+    planned: int = 0
+    skipped: int = 0
+    completed: int = 0
+    failed: list[tuple[Trial, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def run_dir_for(out_dir: Path, trial: Trial) -> Path:
+    return out_dir / "runs" / f"{trial.task}__{trial.method}__seed{trial.seed}__{trial.key}"
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Where a sweep is. On a terminal one line redrawn in place; otherwise a line per
+    trial and per epoch, so logs stay readable."""
+
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.total = total
+        self.durations: list[float] = []
+        self.index = 0
+        self.trial: Trial | None = None
+        self.trial_started = 0.0
+        self.last_draw = 0.0
+
+    def _sweep_eta(self) -> str:
+        if not self.durations:
+            return "?"
+        remaining = self.total - self.index
+        return _fmt_time(sum(self.durations) / len(self.durations) * remaining)
+
+    def _emit(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def start(self, index: int, trial: Trial) -> None:
+        self.index, self.trial, self.trial_started = index, trial, time.time()
+        if not self.tty:
+            self._emit(f"[trial {index}/{self.total}] {trial.describe()} (sweep time left ~{self._sweep_eta()})")
+
+    def event(self, event: dict[str, Any]) -> None:
+        head = f"[trial {self.index}/{self.total}] {self.trial.method} {self.trial.task} seed {self.trial.seed}"
+        kind = event.get("event")
+        if kind == "step" and self.tty and time.time() - self.last_draw > 0.25:
+            self.last_draw = time.time()
+            elapsed = time.time() - self.trial_started
+            left = elapsed / event["step"] * (event["total_steps"] - event["step"])
+            self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']}"
+                       f" | loss {event['loss']:.4f} | trial ~{_fmt_time(left)} left | sweep ~{self._sweep_eta()} left")
+        elif kind == "epoch":
+            self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} done: train loss {event['train_loss']:.4f},"
+                       f" validation accuracy {event['validation_accuracy']:.4f}", final=True)
+        elif kind == "evaluate" and self.tty:
+            self._emit(f"{head} | evaluating")
+
+    def finish(self, record: dict[str, Any]) -> None:
+        took = time.time() - self.trial_started
+        self.durations.append(took)
+        if record["status"] == "complete":
+            scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in record["metrics"].items())
+            self._emit(f"[trial {self.index}/{self.total}] done in {_fmt_time(took)}: {scores}", final=True)
+        else:
+            self._emit(f"[trial {self.index}/{self.total}] FAILED: {record['error']}", final=True)
+
+
+def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress) -> dict[str, Any]:
+    from pefteval.worker import context, trial_main
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # leftovers of an interrupted or failed attempt
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key})
+    ctx = context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))
+    proc.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                event = receiver.recv()
+            except EOFError:
+                break
+            progress.event(event)
+        proc.join()
+    except BaseException:
+        proc.kill()
+        proc.join()
+        raise
+    finally:
+        receiver.close()
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
+    return {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
+
+
+def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experiment: str,
+               stream: TextIO | None = None) -> SweepSummary:
+    summary = SweepSummary(planned=len(trials))
+    with ResultStore(out_dir / "results.sqlite") as store:
+        done = store.complete_keys()
+        todo = [t for t in trials if t.key not in done]
+        summary.skipped = len(trials) - len(todo)
+        progress = Progress(len(todo), stream)
+        try:
+            for i, trial in enumerate(todo, start=1):
+                progress.start(i, trial)
+                run_dir = run_dir_for(out_dir, trial)
+                record = run_one(trial, run_dir, data_dir, progress)
+                record.update(key=trial.key, config=trial.config, experiment=experiment,
+                              run_dir=str(run_dir.relative_to(out_dir)))
+                store.put(record)
+                progress.finish(record)
+                if record["status"] == "complete":
+                    summary.completed += 1
+                else:
+                    summary.failed.append((trial, record["error"]))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    return summary

@@ -1,0 +1,111 @@
+"""One trial, start to finish: load model, apply method, load splits, train, select
+the best epoch on validation, evaluate every split (clean and adversarial), record."""
+
+from __future__ import annotations
+
+import platform
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from pefteval.train import ProgressFn
+
+
+def package_versions() -> dict[str, str]:
+    import datasets
+    import peft
+    import torch
+    import transformers
+
+    import pefteval
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "datasets": datasets.__version__, "pefteval": pefteval.__version__}
+
+
+def device_description() -> str:
+    import torch
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux; the trial has this process to itself, so this is the trial's peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
+              progress: ProgressFn | None = None) -> dict[str, Any]:
+    import torch
+    from pydantic import TypeAdapter
+
+    from pefteval.config import DataConfig, MethodConfig
+    from pefteval.methods import apply_method
+    from pefteval.metrics import accuracy
+    from pefteval.models import load_for_classification
+    from pefteval.tasks import get_task
+    from pefteval.train import encode, predict, steps_per_epoch, train_model
+
+    started = time.time()
+    hp = config["training"]
+    seed_everything(config["seed"])
+    task = get_task(config["task"])
+    splits = task.loader(data_dir, DataConfig(**config["data"]))
+    method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    model, tokenizer, is_decoder = load_for_classification(config["model"], task.num_labels, list(task.label_names))
+    total_steps = steps_per_epoch(len(splits.train), hp["batch_size"]) * hp["epochs"]
+    applied = apply_method(model, method, total_steps, is_decoder)
+    model = applied.model
+    pad_id = tokenizer.pad_token_id
+    encoded = {name: encode(examples, tokenizer, hp["max_seq_length"])
+               for name, examples in {"train": splits.train, **splits.eval_splits()}.items()}
+    result = train_model(model, encoded["train"], encoded["validation"], hp, config["seed"], pad_id,
+                         on_step=applied.on_step, progress=progress)
+    if progress is not None:
+        progress({"event": "evaluate"})
+    metrics = {}
+    eval_started = time.perf_counter()
+    for name in splits.eval_splits():
+        data = encoded[name]
+        preds = predict(model, data, pad_id, hp["eval_batch_size"], hp["precision"])
+        metrics[name] = {"accuracy": accuracy(preds, data.labels), "n": len(data)}
+    eval_seconds = time.perf_counter() - eval_started
+    if config.get("save_weights", True):
+        from safetensors.torch import save_file
+
+        state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        tmp = run_dir / ".trainable.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(run_dir / "trainable.safetensors")
+    return {
+        "key": config.get("key"),
+        "status": "complete",
+        "metrics": metrics,
+        "curve": result.curve,
+        "best_epoch": result.best_epoch,
+        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
+                   "base": applied.base_params, "head": applied.head_params},
+        "train_examples": len(splits.train),
+        "train_source": splits.train_source,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "notes": splits.notes + applied.notes,
+        "is_decoder": is_decoder,
+        "versions": package_versions(),
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+    }
