@@ -323,7 +323,8 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (pass the path of an experiment YAML, e.g. configs/quickstart.yaml)")
+        raise ConfigError(f"config file not found: {path} "
+                          "(pass the path of an experiment YAML, e.g. configs/quickstart.yaml)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:

@@ -26,7 +26,8 @@ def transformer_blocks(model: nn.Module) -> tuple[str, int]:
     """Name prefix of the stack of transformer blocks and how many there are."""
     best: tuple[str, int] = ("", 0)
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > best[1] and name.endswith(("layer", "layers", "h", "blocks")):
+        is_stack = isinstance(module, nn.ModuleList) and name.endswith(("layer", "layers", "h", "blocks"))
+        if is_stack and len(module) > best[1]:
             best = (name, len(module))
     if not best[1]:
         raise RuntimeError(f"cannot find the transformer blocks of {type(model).__name__}")

@@ -6,7 +6,8 @@ as a module to save, so the head trains under every method here too.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -55,7 +56,9 @@ def generic_peft_config(peft_type: str, kwargs: dict[str, Any]) -> Any:
         raise UserError(f"peft_type {key}: bad kwargs ({err}); see peft's {config_cls.__name__}") from None
 
 
-def apply_peft(model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool) -> tuple[nn.Module, Callable[[int], None] | None]:
+def apply_peft(
+    model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool
+) -> tuple[nn.Module, Callable[[int], None] | None]:
     import peft
 
     config = build_peft_config(method, total_steps)

@@ -5,9 +5,9 @@ are extra evaluation splits of the task."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pefteval.errors import DataError
 

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real data directory, a tiny random BERT saved as a local model
+directory, and helpers to run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# never touch the network: every model and tokenizer here is local
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+# the tiny model's shape, used by the exact parameter-count tests
+TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "max_positions": 128, "type_vocab": 2}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: runs the packaged real models on real data (slower)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real benchmark data (read-only); integration tests skip without it."""
+    if not (DATA_DIR / "glue").is_dir() or not (DATA_DIR / "advglue" / "dev.json").is_file():
+        pytest.skip(f"real data not found at {DATA_DIR} (expected ../shared/data next to the repository)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from pefteval.errors import UserError
+    from pefteval.models import resolve_model
+
+    try:
+        return resolve_model("minilm-l6").path
+    except UserError as err:
+        pytest.skip(f"packaged MiniLM not installed: {err}")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> Path:
+    """A tiny random BertForSequenceClassification (hidden 32, 2 layers, 2 heads,
+    intermediate 64) with the packaged MiniLM tokenizer, saved as a local model directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY["hidden"], num_hidden_layers=TINY["layers"],
+        num_attention_heads=TINY["heads"], intermediate_size=TINY["intermediate"],
+        max_position_embeddings=TINY["max_positions"], type_vocab_size=TINY["type_vocab"],
+        num_labels=2, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(1234)
+    model = BertForSequenceClassification(config)
+    out = tmp_path_factory.mktemp("tiny_bert")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    return out
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PEFTEVAL_DATA_DIR", None)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``pefteval ARGS`` in a fresh interpreter; returns the completed process (text output)."""
+    return subprocess.run([sys.executable, "-m", "pefteval.cli", *map(str, args)], cwd=cwd or REPO_ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
