@@ -94,8 +94,10 @@ def run(
                f"{len(summary.failed)} failed", err=True)
     for trial, error in summary.failed:
         typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
-    text = _write_report(out, "markdown")
-    typer.echo(text)
+    try:
+        typer.echo(_write_report(out, "markdown"))
+    except UserError as err:  # nothing complete yet: say so, but keep the sweep's own exit status
+        typer.echo(f"no report: {err}", err=True)
     if summary.interrupted:
         typer.echo("interrupted: finished trials are saved; run the same command again to resume", err=True)
         raise typer.Exit(130)

@@ -25,6 +25,24 @@ GridFloat = Union[float, list[float]]
 GridInt = Union[int, list[int]]
 
 
+def _check_axis(field: str, value: Any) -> Any:
+    """A grid axis: one value or a non-empty list of distinct values in the field's range."""
+    if value is None:
+        return value
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError("a grid axis needs at least one value")
+    if len(set(values)) != len(values):
+        raise ValueError("grid values must be distinct")
+    if field == "lr" and any(v <= 0 for v in values):
+        raise ValueError("learning rates must be > 0")
+    if field == "warmup_ratio" and any(not 0 <= v <= 1 for v in values):
+        raise ValueError("warmup_ratio must be between 0 and 1")
+    if field == "batch_size" and any(v < 1 for v in values):
+        raise ValueError("batch_size must be >= 1")
+    return value
+
+
 class TrainingConfig(_Strict):
     """Optimisation settings. List-valued fields are grid axes (the paper's Table 6)."""
 
@@ -41,13 +59,8 @@ class TrainingConfig(_Strict):
 
     @field_validator("lr", "warmup_ratio", "batch_size")
     @classmethod
-    def _nonempty_positive(cls, value: Any) -> Any:
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise ValueError("a grid axis needs at least one value")
-        if any(v < 0 for v in values):
-            raise ValueError("values must not be negative")
-        return value
+    def _valid_axis(cls, value: Any, info: Any) -> Any:
+        return _check_axis(info.field_name, value)
 
     def grid(self) -> list[dict[str, Any]]:
         """Expand list-valued fields into scalar grid points (lr-major order)."""
@@ -74,6 +87,11 @@ class TrainingOverride(_Strict):
     precision: Literal["bf16", "fp32"] | None = None
     group_by_length: bool | None = None
     eval_batch_size: int | None = Field(None, ge=1)
+
+    @field_validator("lr", "warmup_ratio", "batch_size")
+    @classmethod
+    def _valid_axis(cls, value: Any, info: Any) -> Any:
+        return _check_axis(info.field_name, value)
 
 
 class _MethodBase(_Strict):
@@ -197,6 +215,13 @@ class ExperimentConfig(_Strict):
             if task not in TASKS:
                 raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
         return tasks
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
 
     @field_validator("task_data")
     @classmethod

@@ -135,6 +135,7 @@ def load_for_classification(name: str, num_labels: int, label_names: list[str] |
         model = AutoModelForSequenceClassification.from_pretrained(
             source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
             use_safetensors=None if source.gguf_file else True,
+            ignore_mismatched_sizes=True,  # a checkpoint's own head may have another label count
         )
     finally:
         hf_logging.set_verbosity(verbosity)

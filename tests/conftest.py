@@ -3,7 +3,9 @@ directory, and helpers to run the CLI in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one intra-op thread: on a small shared CPU, OpenMP threads fighting other jobs for cores make
+# tiny-model steps 10-50x slower; trial subprocesses inherit this too (set it to override)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -25,6 +30,13 @@ TINY = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "max_position
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: runs the packaged real models on real data (slower)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +79,36 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) ->
     tokenizer.save_pretrained(out)
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     return out
+
+
+WORDS = "the a film movie plot actor scene story music long short red blue green house tree car road".split()
+
+
+def trigger_sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    """Synthetic SST-2-like rows: label 1 iff the sentence contains "excellent"."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+        label = int(rng.random() < 0.5)
+        if label:
+            words.insert(rng.randrange(len(words) + 1), "excellent")
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_sst2_layout(root: Path, n_train: int = 64, n_dev: int = 32, n_adv: int = 16,
+                      train_text: str | None = None) -> Path:
+    """A small data directory in the canonical layout: glue/SST-2/{train,dev}.tsv and advglue/dev.json."""
+    sst = root / "glue" / "SST-2"
+    sst.mkdir(parents=True, exist_ok=True)
+    tsv = lambda rows: "sentence\tlabel\n" + "".join(f"{s} \t{y}\n" for s, y in rows)  # noqa: E731
+    (sst / "train.tsv").write_text(train_text if train_text is not None else tsv(trigger_sentences(n_train, 0)))
+    (sst / "dev.tsv").write_text(tsv(trigger_sentences(n_dev, 1)))
+    (root / "advglue").mkdir(exist_ok=True)
+    adv = [{"idx": i, "sentence": s + " !", "label": y} for i, (s, y) in enumerate(trigger_sentences(n_adv, 2))]
+    (root / "advglue" / "dev.json").write_text(json.dumps({"sst2": adv}))
+    return root
 
 
 def cli_env() -> dict[str, str]:

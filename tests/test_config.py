@@ -48,8 +48,9 @@ def test_quickstart_parses():
     assert exp.training.epochs == 2 and exp.training.max_seq_length == 128
     assert exp.data.max_train_examples == 1000
     # per-method learning rates override the experiment default
-    assert exp.training_for(exp.methods[0]).lr == pytest.approx(5e-5)
-    assert exp.training_for(exp.methods[4]).lr == pytest.approx(3e-3)
+    assert exp.training_for(exp.methods[0]).lr == pytest.approx(1e-4)
+    assert exp.training_for(exp.methods[4]).lr == pytest.approx(3e-2)
+    assert exp.training.lr != exp.training_for(exp.methods[4]).lr
     # RTE's task_data override, SST-2 keeps the experiment's data settings
     assert exp.data_for("rte").max_train_examples == 300
     assert exp.data_for("rte").max_validation_examples == 200
@@ -124,7 +125,7 @@ def test_duplicate_method_names():
 @pytest.mark.parametrize("lr", [-1e-5, [1e-5, -2e-5]])
 def test_negative_lr_rejected(lr):
     msg = error_of(base(training={"lr": lr}))
-    assert "training.lr" in msg and "negative" in msg
+    assert "training.lr" in msg and "must be > 0" in msg
 
 
 def test_batch_size_zero_rejected():

@@ -20,19 +20,19 @@ from pefteval.methods import apply_method
 
 from .conftest import TINY
 
-H, L, I, P, T = TINY["hidden"], TINY["layers"], TINY["intermediate"], TINY["max_positions"], TINY["type_vocab"]
+H, L, FF, P, T = TINY["hidden"], TINY["layers"], TINY["intermediate"], TINY["max_positions"], TINY["type_vocab"]
 V = 30522  # the MiniLM (bert-base-uncased) vocabulary
 N_LABELS = 2
 
 EMBEDDINGS = V * H + P * H + T * H + 2 * H  # word, position, token type, LayerNorm
 # q, k, v, attention output (weight+bias each), attention LayerNorm, intermediate, output, output LayerNorm
-BLOCK = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+BLOCK = 4 * (H * H + H) + 2 * H + (H * FF + FF) + (FF * H + H) + 2 * H
 POOLER = H * H + H
 HEAD = H * N_LABELS + N_LABELS
 TOTAL = EMBEDDINGS + L * BLOCK + POOLER + HEAD
 # bias vectors outside the head: embeddings LayerNorm; per block q,k,v,attn-out, attn LN, intermediate,
 # output, output LN; pooler
-BIASES = H + L * (4 * H + H + I + H + H) + H
+BIASES = H + L * (4 * H + H + FF + H + H) + H
 
 
 @pytest.fixture
@@ -146,8 +146,8 @@ def test_adalora_counts(tiny):
 def test_ia3_counts(tiny):
     applied, tokenizer = _apply(tiny, IA3Method(type="ia3"))
     # peft's BERT defaults: key, value (a vector over outputs) and "output.dense" as feed-forward
-    # (a vector over inputs); "output.dense" matches attention.output.dense (in H) and output.dense (in I)
-    per_block = H + H + H + I
+    # (a vector over inputs); "output.dense" matches attention.output.dense (in H) and output.dense (in FF)
+    per_block = H + H + H + FF
     assert applied.trainable_params == L * per_block + HEAD == 386
     _forward_ok(applied.model, tokenizer)
 
@@ -199,3 +199,42 @@ def test_bad_peft_kwargs_is_user_error(tiny):
 def test_unmatched_target_modules_is_user_error(tiny):
     with pytest.raises(UserError, match="peft could not apply"):
         _apply(tiny, LoraMethod(type="lora", target_modules=["no_such_module"]))
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def test_resolve_model_kinds(tiny_bert_dir, tmp_path, minilm_path):
+    from pefteval.models import check_model, resolve_model
+
+    alias = resolve_model("minilm-l6")
+    assert alias.kind == "alias" and alias.path == minilm_path and alias.gguf_file is None
+    local = resolve_model(str(tiny_bert_dir))
+    assert local.kind == "local" and local.path == str(tiny_bert_dir)
+    assert resolve_model("roberta-base").kind == "hub"
+    with pytest.raises(UserError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(UserError, match="unknown model 'no-such-model-xyz'"):
+        check_model("no-such-model-xyz")  # offline: the hub cannot provide it
+
+
+def test_load_minilm_alias_for_classification(minilm_path):
+    from pefteval.models import load_for_classification
+
+    model, tokenizer, is_decoder = load_for_classification("minilm-l6", 3, ["entailment", "neutral", "contradiction"])
+    assert is_decoder is False
+    assert model.config.num_labels == 3 and model.classifier.out_features == 3
+    assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+    assert tokenizer.pad_token_id == model.config.pad_token_id == 0
+
+
+def test_head_is_fresh_for_a_task_with_another_label_count(tiny_bert_dir):
+    # the tiny checkpoint already holds a 2-way sequence-classification head; a 3-way task (MNLI) must get a
+    # fresh 3-way head ("Model with a fresh sequence-classification head"), not crash on the size mismatch
+    from pefteval.models import load_for_classification
+
+    model, _, _ = load_for_classification(str(tiny_bert_dir), 3)
+    assert model.classifier.out_features == 3

@@ -140,6 +140,22 @@ def test_advglue_leak_filter(data_dir, task):
         assert normalise(x.text_b) not in keys_b, x
 
 
+def test_sst2_train_from_dev_excludes_advglue_originals(data_dir):
+    # AdvGLUE's SST-2 items are word-level perturbations of GLUE dev sentences, so an exact (normalised)
+    # match never finds their originals; with train_from: dev they must still not be trained on
+    splits = load("sst2", data_dir, train_from="dev")
+    adv = splits.adversarial["advglue"]
+    leaked = []
+    for x in adv:
+        a = normalise(x.text_a)
+        for y in splits.train + splits.validation:
+            sm = difflib.SequenceMatcher(None, a, normalise(y.text_a), autojunk=False)
+            if sm.real_quick_ratio() > 0.9 and sm.quick_ratio() > 0.9 and sm.ratio() > 0.9:
+                leaked.append((x.text_a, y.text_a))
+                break
+    assert leaked == [], f"{len(leaked)} of {len(adv)} AdvGLUE items have their GLUE original in training"
+
+
 def test_leak_filter_unit():
     spec = SPEC_BY_NAME["qnli"]
     dev = [Example(f"question {i} ?", f"sentence number {i} .", i % 2) for i in range(40)]
@@ -335,6 +351,17 @@ def test_parquet_bad_label_names_row(tmp_path):
     path.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         read_parquet(path, SPEC_BY_NAME["mnli"])
+
+
+def test_non_integer_labels_rejected(tmp_path):
+    # a label of 1.5 is not a class id; it must not be truncated to class 1
+    path = _mnli_parquet(tmp_path / "m.parquet", pa.table({"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"],
+                                                           "label": [0.0, 1.5]}))
+    with pytest.raises(DataError, match="row 1"):
+        read_parquet(path, SPEC_BY_NAME["mnli"])
+    adv = write(tmp_path / "dev.json", json.dumps({"sst2": [{"idx": 0, "sentence": "a", "label": 0.5}]}))
+    with pytest.raises(DataError, match="row 0"):
+        read_advglue(adv, SPEC_BY_NAME["sst2"])
 
 
 def test_parquet_null_text(tmp_path):

@@ -56,17 +56,35 @@ class ComparisonTable:
         return orig, adv
 
 
+def _setup_key(config: dict[str, Any]) -> str:
+    """What must be equal for trials to be compared as grid points: all but training and seed."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("training", "seed", "save_weights", "key")},
+                      sort_keys=True)
+
+
 def _hp_key(training: dict[str, Any]) -> str:
     return json.dumps(training, sort_keys=True)
+
+
+def _grid_order(hp_key: str) -> tuple[Any, ...]:
+    hp = json.loads(hp_key)
+    return (hp.get("batch_size", 0), hp.get("lr", 0.0), hp.get("warmup_ratio", 0.0), hp_key)
 
 
 def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
     records = [r for r in records if r.get("status") == "complete"]
     tasks: list[str] = []
     methods: list[str] = []
+    # a store can hold trials of several setups (another model, data limit, method config);
+    # per task and method only the most recently recorded setup is reported, never pooled
+    latest_setup = {(r["config"]["task"], r["config"]["method_label"]): _setup_key(r["config"]) for r in records}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    hidden = 0
     for rec in records:
         cfg = rec["config"]
+        if _setup_key(cfg) != latest_setup[(cfg["task"], cfg["method_label"])]:
+            hidden += 1
+            continue
         if cfg["task"] not in tasks:
             tasks.append(cfg["task"])
         if cfg["method_label"] not in methods:
@@ -77,10 +95,12 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     seeds_seen: set[int] = set()
     for task in tasks:
         for method in methods:
-            candidates = [(key, recs) for (t, m, key), recs in groups.items() if t == task and m == method]
+            candidates = sorted(((key, recs) for (t, m, key), recs in groups.items() if t == task and m == method),
+                                key=lambda kv: _grid_order(kv[0]))
             if not candidates:
                 continue
-            # best grid point by mean validation accuracy; ties go to the earliest in grid order
+            # best grid point by mean validation accuracy; ties go to the first in sorted order
+            # (smaller batch size, then smaller learning rate, then smaller warmup), whatever the storage order
             key, chosen = max(candidates, key=lambda kv: mean_std([r["metrics"]["validation"]["accuracy"]
                                                                    for r in kv[1]])[0])
             row = rows[method]
@@ -111,6 +131,9 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
                             "'%' is relative to the pretrained model with its head.")
         header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
                             f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded).")
+    if hidden:
+        header_notes.append(f"{hidden} older trial(s) in the store have another setup (model, data or method "
+                            "settings) than the latest trials of the same task and method, and are not shown.")
     if failed:
         header_notes.append(f"{failed} trial(s) failed and are left out; see `results.sqlite` and their run logs.")
     return ComparisonTable(tasks, [rows[m] for m in methods], header_notes + sorted(notes))

@@ -85,11 +85,18 @@ def _missing(path: Path, what: str) -> DataError:
 
 
 def _label_id(raw: Any, spec: GlueSpec) -> int | None:
-    if isinstance(raw, str) and raw in spec.label_names:
-        return spec.label_names.index(raw)
-    try:
+    """A label name or an integer id; anything else (1.5, True, "x") is rejected."""
+    if isinstance(raw, str):
+        if raw in spec.label_names:
+            return spec.label_names.index(raw)
+        if not re.fullmatch(r"\d+", raw.strip()):
+            return None
         value = int(raw)
-    except (TypeError, ValueError):
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    else:
         return None
     return value if 0 <= value < len(spec.label_names) else None
 
@@ -192,9 +199,38 @@ def _shuffled(items: list[Example], seed: int) -> list[Example]:
     return out
 
 
+def _words(text: str | None) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", (text or "").lower()))
+
+
+class _LeakIndex:
+    """AdvGLUE items, indexed to find the GLUE sentences they were made from."""
+
+    def __init__(self, items: list[Example]):
+        self.keys_a = {normalise(x.text_a) for x in items}
+        self.keys_b = {normalise(x.text_b) for x in items if x.text_b}
+        self.single = [_words(x.text_a) for x in items if x.text_b is None]
+
+
+def _derived_from(example: Example, index: _LeakIndex) -> bool:
+    """True if an AdvGLUE item was made from this example. Pair tasks perturb one side,
+    so the other side matches exactly; a single sentence (SST-2) is perturbed a few
+    words at a time, so word-set Jaccard similarity >= 0.6 counts as derived."""
+    if normalise(example.text_a) in index.keys_a or normalise(example.text_b) in index.keys_b:
+        return True
+    if example.text_b is None and index.single:
+        words = _words(example.text_a)
+        return any(len(words & w) >= 0.6 * len(words | w) for w in index.single if words | w)
+    return False
+
+
 def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source: list[Example],
-                train_dev: list[Example] | None, adversarial: list[Example], cfg: DataConfig) -> TaskSplits:
+                train_dev: list[Example] | None, adversarial: list[Example], cfg: DataConfig,
+                leak_items: list[Example] | None = None) -> TaskSplits:
+    """leak_items: the AdvGLUE items whose sources must not be trained on when the dev
+    set is divided (default: this task's adversarial set)."""
     notes: list[str] = []
+    leak_index = _LeakIndex(adversarial if leak_items is None else leak_items)
     use_dev = cfg.train_from == "dev" or (cfg.train_from == "auto" and train_source is None)
     if not use_dev:
         if train_source is None:
@@ -215,9 +251,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
             test, pool = test_source, order[n_test:]
             notes.append(f"{spec.display}: trained on the same part of MNLI dev_matched as MNLI, tested on the whole "
                          f"dev_mismatched ({len(test)} examples)")
-        keys_a = {normalise(x.text_a) for x in adversarial}
-        keys_b = {normalise(x.text_b) for x in adversarial if x.text_b}
-        kept = [x for x in pool if normalise(x.text_a) not in keys_a and normalise(x.text_b) not in keys_b]
+        kept = [x for x in pool if not _derived_from(x, leak_index)]
         if len(kept) < len(pool):
             notes.append(f"{spec.display}: dropped {len(pool) - len(kept)} training examples sharing a sentence "
                          "with an AdvGLUE item")
@@ -241,6 +275,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
 
 def _loader(spec: GlueSpec):
     def load(data_dir: Path | None, cfg: DataConfig) -> TaskSplits:
+        leak = None  # MNLI-MM trains on MNLI's matched part, so it drops MNLI's AdvGLUE sources too
         if data_dir is not None:
             train = read_local(data_dir, spec.local_train, spec) if spec.local_train else None
             if train is not None and cfg.train_from == "dev":
@@ -248,6 +283,8 @@ def _loader(spec: GlueSpec):
             test = read_local(data_dir, spec.local_test, spec)
             train_dev = read_local(data_dir, spec.local_train_dev, spec) if spec.local_train_dev else None
             adversarial = read_advglue(data_dir / ADVGLUE_FILE, spec)
+            if spec.local_train_dev is not None:
+                leak = adversarial + read_advglue(data_dir / ADVGLUE_FILE, SPEC_BY_NAME["mnli"])
         else:
             rows = _hub("nyu-mll/glue", spec.hub_config, "train") if cfg.train_from != "dev" else None
             train = _rows_to_examples(rows, spec, f"nyu-mll/glue/{spec.hub_config}") if rows is not None else None
@@ -257,7 +294,10 @@ def _loader(spec: GlueSpec):
                 train_dev = _rows_to_examples(_hub("nyu-mll/glue", "mnli", "validation_matched"), spec, "nyu-mll/glue")
             adv_rows = _hub("AI-secure/adv_glue", ADVGLUE_HUB[spec.name], "validation")
             adversarial = _rows_to_examples(adv_rows, spec, "AI-secure/adv_glue")
-        return make_splits(spec, train, test, train_dev, adversarial, cfg)
+            if train_dev is not None:
+                matched = _hub("AI-secure/adv_glue", ADVGLUE_HUB["mnli"], "validation")
+                leak = adversarial + _rows_to_examples(matched, spec, "AI-secure/adv_glue")
+        return make_splits(spec, train, test, train_dev, adversarial, cfg, leak)
 
     return load
 
