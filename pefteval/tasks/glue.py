@@ -269,6 +269,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
         validation = validation[:cap]
         test = _shuffled(test, cfg.split_seed)[:cap]
         adv = _shuffled(adversarial, cfg.split_seed)[:cap]
+        notes.append(f"{spec.display}: evaluation splits capped at {cap} examples (--max-eval-examples)")
     return TaskSplits(train=train, validation=validation, test=test, adversarial={"advglue": adv},
                       notes=notes, train_source="dev" if use_dev else "train")
 
