@@ -163,11 +163,11 @@ def test_render_markdown_numbers():
     text = render_markdown(build_table(fake_records(), failed=1))
     lines = text.splitlines()
     assert lines[0] == ("| Method | SST-2 orig | SST-2 adv | RTE orig | RTE adv | Avg orig | Avg adv | Trainable | % "
-                        "| Time (s) |")
+                        "| Time (s) | Peak MB |")
     assert lines[2] == ("| fft | 91.00 (1.41) | 45.00 (7.07) | 60.00 (–) | 30.00 (–) | 75.50 | 37.50 | 1,000,000 "
-                        "| 100.000 | 30.0 |")
+                        "| 100.000 | 30.0 | 500 |")
     assert lines[3] == ("| lora | 86.00 (1.41) | 32.00 (2.83) | 55.00 (–) | 25.00 (–) | 70.50 | 28.50 | 2,114 "
-                        "| 0.211 | 5.0 |")
+                        "| 0.211 | 5.0 | 500 |")
     assert "- fft / SST-2: lr 2e-05, warmup 0.06, batch 32; validation 87.00; 2 seed(s)" in lines
     assert "- lora / SST-2: lr 0.0001, warmup 0.06, batch 32; validation 80.00; 2 seed(s)" in lines
     assert any("seeds [0, 1]" in ln for ln in lines)
@@ -190,11 +190,11 @@ def test_render_csv_numbers():
 def test_render_latex_numbers():
     tex = render_latex(build_table(fake_records()))
     assert tex.startswith("\\begin{table}") and "\\end{tabular}" in tex
-    assert "\\begin{tabular}{lrrrrrrrrr}" in tex
+    assert "\\begin{tabular}{lrrrrrrrrrr}" in tex
     assert ("Method & SST-2 orig & SST-2 adv & RTE orig & RTE adv & Avg orig & Avg adv & Trainable & \\% "
-            "& Time (s) \\\\") in tex
+            "& Time (s) & Peak MB \\\\") in tex
     assert ("fft & 91.00 (1.41) & 45.00 (7.07) & 60.00 (--) & 30.00 (--) & 75.50 & 37.50 & 1,000,000 & 100.000 "
-            "& 30.0 \\\\") in tex
+            "& 30.0 & 500 \\\\") in tex
     assert "lora & 86.00 (1.41)" in tex
     assert render(build_table(fake_records()), "latex") == tex
 

@@ -130,7 +130,8 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
         header_notes.append("The classification head trains under every method and is counted in 'Trainable'; "
                             "'%' is relative to the pretrained model with its head.")
         header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
-                            f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded).")
+                            f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded); "
+                            "'Peak MB' is the mean peak resident memory of a trial's own process.")
     if hidden:
         header_notes.append(f"{hidden} older trial(s) in the store have another setup (model, data or method "
                             "settings) than the latest trials of the same task and method, and are not shown.")
@@ -178,7 +179,7 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
     header = ["Method"]
     for task in table.tasks:
         header += [f"{_display(task)} orig", f"{_display(task)} adv"]
-    header += ["Avg orig", "Avg adv", "Trainable", "%", "Time (s)"]
+    header += ["Avg orig", "Avg adv", "Trainable", "%", "Time (s)", "Peak MB"]
     body = []
     for row in table.rows:
         line = [row.method]
@@ -186,7 +187,9 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
             cell = row.cells.get(task)
             line += [_ms(cell.orig), _ms(cell.adv)] if cell else ["–", "–"]
         avg_o, avg_a = table.averages(row)
-        line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}"]
+        peak = _mean(row.peak_rss_mb)
+        line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
+                 "–" if math.isnan(peak) else f"{peak:.0f}"]
         body.append(line)
     return header, body
 
