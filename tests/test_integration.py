@@ -196,6 +196,20 @@ def _wait_for(predicate, proc, timeout, what):
     pytest.fail(f"timed out waiting for {what}")
 
 
+
+def _signal_when(proc: subprocess.Popen, sig: int, conditions: list) -> int:
+    """Wait for each (predicate, description) in turn, then signal the run's process group;
+    the group is killed whatever happens, so no trial process outlives the test."""
+    try:
+        for predicate, what in conditions:
+            _wait_for(predicate, proc, 300, what)
+        os.killpg(proc.pid, sig)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
 def _complete_count(out: Path) -> int:
     if not (out / "results.sqlite").is_file():
         return 0
@@ -219,17 +233,11 @@ def test_resume_after_interrupt(tmp_path, tiny_bert_dir, sig):
     with open(log, "w") as err:
         proc = subprocess.Popen(args, cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
-    try:
-        _wait_for(lambda: _complete_count(out) >= 1, proc, 300, "the first trial's row")
-        # mid-way through the second trial: its first epoch is done, two more to go
-        _wait_for(lambda: "[trial 2/3] fft sst2 seed 1 | epoch 1/3 done" in log.read_text(), proc, 300,
-                  "the second trial's first epoch")
-        os.killpg(proc.pid, sig)
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # mid-way through the second trial: its first epoch is done, two more to go
+    rc = _signal_when(proc, sig, [
+        (lambda: _complete_count(out) >= 1, "the first trial's row"),
+        (lambda: "[trial 2/3] fft sst2 seed 1 | epoch 1/3 done" in log.read_text(), "the second trial's first epoch"),
+    ])
     stderr = log.read_text()
     if sig == signal.SIGINT:
         assert rc == 130, stderr[-3000:]
@@ -314,15 +322,9 @@ def test_interrupt_during_first_trial_exits_130(tmp_path, tiny_bert_dir):
         proc = subprocess.Popen([sys.executable, "-m", "pefteval.cli", "run", str(cfg), "--out", str(out),
                                  "--data-dir", str(data)], cwd=REPO_ROOT, env=cli_env(),
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    try:
-        _wait_for(lambda: "[trial 1/2] fft sst2 seed 0 | epoch 1/3 done" in log.read_text(), proc, 300,
-                  "the first trial's first epoch")
-        os.killpg(proc.pid, signal.SIGINT)
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    rc = _signal_when(proc, signal.SIGINT, [
+        (lambda: "[trial 1/2] fft sst2 seed 0 | epoch 1/3 done" in log.read_text(), "the first trial's first epoch"),
+    ])
     stderr = log.read_text()
     assert _complete_count(out) == 0
     assert "Traceback" not in stderr
