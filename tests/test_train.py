@@ -25,21 +25,12 @@ from pefteval.train import (
     train_model,
 )
 
-WORDS = "the a film movie plot actor scene story music long short red blue green house tree car road".split()
-TRIGGER = "excellent"
+from .conftest import trigger_sentences
 
 
 def trigger_task(n: int, seed: int) -> list[Example]:
     """label 1 iff the sentence contains the trigger word: learnable from scratch."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-        label = int(rng.random() < 0.5)
-        if label:
-            words.insert(rng.randrange(len(words) + 1), TRIGGER)
-        out.append(Example(" ".join(words), None, label))
-    return out
+    return [Example(text, None, label) for text, label in trigger_sentences(n, seed)]
 
 
 def hp(**kw):

@@ -58,7 +58,7 @@ class ComparisonTable:
 
 def _setup_key(config: dict[str, Any]) -> str:
     """What must be equal for trials to be compared as grid points: all but training and seed."""
-    return json.dumps({k: v for k, v in config.items() if k not in ("training", "seed", "save_weights", "key")},
+    return json.dumps({k: v for k, v in config.items() if k not in ("training", "seed", "save_weights")},
                       sort_keys=True)
 
 

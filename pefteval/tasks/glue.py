@@ -230,7 +230,6 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
     """leak_items: the AdvGLUE items whose sources must not be trained on when the dev
     set is divided (default: this task's adversarial set)."""
     notes: list[str] = []
-    leak_index = _LeakIndex(adversarial if leak_items is None else leak_items)
     use_dev = cfg.train_from == "dev" or (cfg.train_from == "auto" and train_source is None)
     if not use_dev:
         if train_source is None:
@@ -251,6 +250,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
             test, pool = test_source, order[n_test:]
             notes.append(f"{spec.display}: trained on the same part of MNLI dev_matched as MNLI, tested on the whole "
                          f"dev_mismatched ({len(test)} examples)")
+        leak_index = _LeakIndex(adversarial if leak_items is None else leak_items)
         kept = [x for x in pool if not _derived_from(x, leak_index)]
         if len(kept) < len(pool):
             notes.append(f"{spec.display}: dropped {len(pool) - len(kept)} training examples sharing a sentence "
