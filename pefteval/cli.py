@@ -59,8 +59,8 @@ def run(
 ) -> None:
     """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
     from pefteval.config import load_config, parse_config
-    from pefteval.models import check_model
-    from pefteval.plan import plan_trials
+    from pefteval.models import check_model, model_depth
+    from pefteval.plan import drop_clipped_duplicates, plan_trials
     from pefteval.sweep import run_trials
     from pefteval.tasks import get_task, resolve_data_dir
 
@@ -79,6 +79,10 @@ def run(
     exp = parse_config(raw, f"{config} (with command-line overrides)")
     data_path = resolve_data_dir(data_dir)
     check_model(exp.model)
+    if any(getattr(m, "top_k_layers", None) for m in exp.methods):
+        exp, notices = drop_clipped_duplicates(exp, model_depth(exp.model))
+        for notice in notices:
+            typer.echo(f"notice: {notice}", err=True)
     for task in exp.tasks:  # surfaces missing or malformed data before any training starts
         splits = get_task(task).loader(data_path, exp.data_for(task))
         if len(splits.train) < 2:
@@ -117,9 +121,14 @@ def _write_report(out: Path, fmt: str) -> str:
         failed = sum(1 for _ in store.records("failed"))
     if not records:
         raise UserError(f"{path} holds no complete trials yet")
-    text = render(build_table(records, failed), fmt)
+    table = build_table(records, failed)
+    text = render(table, fmt)
     suffix = {"markdown": "md", "csv": "csv", "latex": "tex"}[fmt]
     atomic_write_text(out / f"report.{suffix}", text)
+    if table.scaling is not None:
+        from pefteval.report.scaling import plot_scaling
+
+        plot_scaling(table.scaling, out / "scaling.png")
     return text
 
 
@@ -150,10 +159,16 @@ def list_all() -> None:
     typer.echo("\nTasks:")
     for name, task in TASKS.items():
         adv = ", ".join(task.adversarial)
-        typer.echo(f"  {name:<14} {task.help} [labels: {', '.join(task.label_names)}; adversarial: {adv}]")
+        labels = f"labels: {', '.join(task.label_names)}; " if task.label_names else ""
+        typer.echo(f"  {name:<14} {task.help} [{labels}adversarial: {adv}]")
     typer.echo("\nMethods:")
     for name, text in METHOD_HELP.items():
         typer.echo(f"  {name:<14} {text}")
+
+
+from pefteval.cli_adversarial import adversarial_app  # noqa: E402  (it uses user_errors, defined above)
+
+app.add_typer(adversarial_app, name="adversarial")
 
 
 def main() -> None:

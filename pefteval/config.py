@@ -56,6 +56,11 @@ class TrainingConfig(_Strict):
     precision: Literal["bf16", "fp32"] = "bf16"
     group_by_length: bool = True
     eval_batch_size: int = Field(128, ge=1)
+    # question answering: window overlap for long contexts, longest answer span (extractive),
+    # cap on generated tokens (generative)
+    doc_stride: int = Field(128, ge=1)
+    max_answer_length: int = Field(30, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
 
     @field_validator("lr", "warmup_ratio", "batch_size")
     @classmethod
@@ -87,6 +92,9 @@ class TrainingOverride(_Strict):
     precision: Literal["bf16", "fp32"] | None = None
     group_by_length: bool | None = None
     eval_batch_size: int | None = Field(None, ge=1)
+    doc_stride: int | None = Field(None, ge=1)
+    max_answer_length: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
 
     @field_validator("lr", "warmup_ratio", "batch_size")
     @classmethod
@@ -172,6 +180,17 @@ METHOD_TYPES: dict[str, type[_MethodBase]] = {
 }
 
 
+class AttackConfig(_Strict):
+    """Settings of the generated Adversarial SQuAD sets (see pefteval/adversarial/squad.py).
+    AddAny and AddAnyExtend search against the trained model, with a query budget."""
+
+    seed: int = 0
+    distractor_words: int = Field(10, ge=1, description="words in an AddAny distractor")
+    candidates: int = Field(20, ge=1, description="candidate words tried per position and pass")
+    max_passes: int = Field(3, ge=1, description="sweeps over the distractor's positions")
+    max_queries: int = Field(1200, ge=1, description="model evaluations per source question")
+
+
 class DataConfig(_Strict):
     """How task splits are drawn. All subsets are fixed by split_seed, not by the trial seed."""
 
@@ -182,6 +201,11 @@ class DataConfig(_Strict):
     train_from: Literal["auto", "train", "dev"] = "auto"
     dev_test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     split_seed: int = 0
+    # adversarial evaluation sets (None: all the task has); for Adversarial SQuAD a cap on the
+    # source questions, each scored with all its variants
+    adversarial_sets: list[str] | None = None
+    max_adversarial_questions: int | None = Field(None, ge=1)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
 
 
 class DataOverride(_Strict):
@@ -193,6 +217,9 @@ class DataOverride(_Strict):
     max_validation_examples: int | None = Field(None, ge=1)
     train_from: Literal["auto", "train", "dev"] | None = None
     dev_test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    adversarial_sets: list[str] | None = None
+    max_adversarial_questions: int | None = Field(None, ge=1)
+    attack: AttackConfig | None = None
 
 
 class ExperimentConfig(_Strict):

@@ -98,6 +98,21 @@ def check_model(name: str) -> ModelSource:
     return source
 
 
+def model_depth(name: str) -> int | None:
+    """Number of transformer blocks, from the model's config (None if it does not say)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
+    try:
+        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - check_model has already reported unreachable models
+        return None
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, attr, None), int):
+            return getattr(config, attr)
+    return None
+
+
 def is_decoder_config(config: Any) -> bool:
     if getattr(config, "is_encoder_decoder", False):
         return False

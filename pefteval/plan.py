@@ -70,3 +70,27 @@ def plan_trials(exp: ExperimentConfig, data_source: str, methods: list[str] | No
                     }
                     trials.append(Trial(trial_key(config), config))
     return trials
+
+
+def drop_clipped_duplicates(exp: ExperimentConfig, depth: int | None) -> tuple[ExperimentConfig, list[str]]:
+    """Top-k FFT settings with k above the model's depth are clipped to it; settings that clip
+    to the same k as an earlier one would train the same thing, so they run once."""
+    from pefteval.config import FFTMethod
+
+    if depth is None:
+        return exp, []
+    seen: dict[int, str] = {}
+    kept, notices = [], []
+    for method in exp.methods:
+        if isinstance(method, FFTMethod) and method.top_k_layers is not None:
+            k = min(method.top_k_layers, depth)
+            if k in seen:
+                notices.append(f"{method.label}: top_k_layers {method.top_k_layers} is clipped to the model's depth "
+                               f"{depth}, the same setting as {seen[k]}, which runs once in its place")
+                continue
+            seen[k] = method.label
+            if method.top_k_layers > depth:
+                notices.append(f"{method.label}: top_k_layers {method.top_k_layers} clipped to the model's depth "
+                               f"{depth}")
+        kept.append(method)
+    return exp.model_copy(update={"methods": kept}), notices

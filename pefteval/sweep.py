@@ -76,9 +76,12 @@ class Progress:
                        f" | loss {event['loss']:.4f} | trial ~{_fmt_time(left)} left | sweep ~{self._sweep_eta()} left")
         elif kind == "epoch":
             self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} done: train loss {event['train_loss']:.4f},"
-                       f" validation accuracy {event['validation_accuracy']:.4f}", final=True)
+                       f" validation {event['metric']} {event['validation']:.4f}", final=True)
         elif kind == "evaluate" and self.tty:
             self._emit(f"{head} | evaluating")
+        elif kind == "attack":
+            self._emit(f"{head} | generating {event['attack']} against the trained model "
+                       f"({event['questions']} source questions)", final=not self.tty)
 
     def finish(self, record: dict[str, Any]) -> None:
         took = time.time() - self.trial_started

@@ -33,11 +33,11 @@ ProgressFn = Callable[[dict[str, Any]], None]
 class Encoded:
     """Tokenised examples, unpadded."""
 
-    features: list[dict[str, list[int]]]
-    labels: list[int]
+    features: list[dict[str, Any]]
+    labels: list[int]  # class ids for classification; empty when the targets live in the features
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.features)
 
 
 def encode(examples: list[Example], tokenizer: Any, max_length: int) -> Encoded:
@@ -51,11 +51,15 @@ def encode(examples: list[Example], tokenizer: Any, max_length: int) -> Encoded:
     return Encoded(features, [x.label for x in examples])
 
 
-def collate(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad sequences to the batch's longest; scalar targets (start/end positions) are stacked."""
     width = max(len(f["input_ids"]) for f in features)
     batch: dict[str, torch.Tensor] = {}
-    for key in features[0]:
-        fill = pad_id if key == "input_ids" else 0
+    for key, first in features[0].items():
+        if not isinstance(first, list):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+            continue
+        fill = pad_id if key == "input_ids" else -100 if key == "labels" else 0
         batch[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features], dtype=torch.long)
     return batch
 
@@ -118,14 +122,18 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 def train_model(
     model: nn.Module,
     train: Encoded,
-    validation: Encoded,
+    validation: Encoded | Callable[[nn.Module], float],
     hp: dict[str, Any],
     seed: int,
     pad_id: int,
     on_step: Callable[[int], None] | None = None,
     progress: ProgressFn | None = None,
+    metric: str = "accuracy",
 ) -> TrainResult:
-    """Train in place; on return the model holds the weights of its best validation epoch."""
+    """Train in place; on return the model holds the weights of its best validation epoch.
+
+    ``validation`` is a labelled classification split, or a function that scores the model
+    (higher is better; e.g. SQuAD F1), named by ``metric`` in the curve."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -145,9 +153,10 @@ def train_model(
         loss_sum, loss_n = 0.0, 0
         for idx in batch_order(train, hp["batch_size"], hp.get("group_by_length", False), order_rng):
             batch = collate([train.features[i] for i in idx], pad_id)
-            labels = torch.tensor([train.labels[i] for i in idx], dtype=torch.long)
+            if train.labels:
+                batch["labels"] = torch.tensor([train.labels[i] for i in idx], dtype=torch.long)
             with _autocast(hp["precision"]):
-                loss = model(**batch, labels=labels).loss
+                loss = model(**batch).loss
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate "
@@ -167,11 +176,14 @@ def train_model(
                 progress({"event": "step", "epoch": epoch, "epochs": hp["epochs"], "step": step,
                           "total_steps": total_steps, "loss": loss_sum / loss_n})
         result.train_seconds += time.perf_counter() - started
-        val_acc = accuracy_of(model, validation, pad_id, hp["eval_batch_size"], hp["precision"])
-        result.curve.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), "validation_accuracy": val_acc})
+        if callable(validation):
+            val_acc = validation(model)
+        else:
+            val_acc = accuracy_of(model, validation, pad_id, hp["eval_batch_size"], hp["precision"])
+        result.curve.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), f"validation_{metric}": val_acc})
         if progress is not None:
             progress({"event": "epoch", "epoch": epoch, "epochs": hp["epochs"], "train_loss": loss_sum / max(loss_n, 1),
-                      "validation_accuracy": val_acc})
+                      "validation": val_acc, "metric": metric})
         if val_acc > result.best_validation:
             result.best_validation, result.best_epoch = val_acc, epoch
             best_state = trainable_state(model) if epoch < hp["epochs"] else None

@@ -46,9 +46,10 @@ def advglue(task: str, data_dir: Path) -> list[Example]:
 # ---------------------------------------------------------------- real data: counts and splits
 
 
-def test_registry_has_the_six_glue_tasks():
-    assert list(TASKS) == ["sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte"]
+def test_registry_has_the_six_glue_tasks_and_squad():
+    assert list(TASKS) == ["sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte", "squad"]
     assert get_task("mnli").num_labels == 3 and get_task("sst2").num_labels == 2
+    assert get_task("squad").kind == "qa" and get_task("sst2").kind == "classification"
     with pytest.raises(KeyError, match="unknown task"):
         get_task("cola")
 

@@ -37,9 +37,13 @@ class AppliedMethod:
     notes: list[str] = field(default_factory=list)
 
 
-def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool) -> AppliedMethod:
+def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool,
+                 task_kind: str = "classification") -> AppliedMethod:
+    """task_kind: "classification" (a new classification head), "qa" (a span head for an
+    encoder; a decoder answers generatively with its own LM head, so there is no new head)."""
     base_params = count_parameters(model)
-    head_names = head_parameter_names(model)
+    generative = task_kind == "qa" and is_decoder
+    head_names = head_parameter_names(model, required=not generative)
     head_params = sum(p.numel() for n, p in model.named_parameters() if n in head_names)
     on_step = None
     notes: list[str] = []
@@ -54,7 +58,7 @@ def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, is_dec
     else:
         from pefteval.methods.peft_methods import apply_peft
 
-        model, on_step = apply_peft(model, method, total_steps, is_decoder)
+        model, on_step = apply_peft(model, method, total_steps, is_decoder, task_kind)
     trainable = count_parameters(model, trainable_only=True)
     if trainable == 0:
         raise RuntimeError(f"method {method.label} left no trainable parameters")

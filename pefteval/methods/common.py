@@ -2,17 +2,18 @@ from __future__ import annotations
 
 from torch import nn
 
-# task heads created by AutoModelForSequenceClassification (BERT/RoBERTa: classifier, decoders: score)
-HEAD_MODULE_NAMES = ("classifier", "score")
+# new task heads: AutoModelForSequenceClassification (BERT/RoBERTa: classifier, decoders: score) and
+# AutoModelForQuestionAnswering (qa_outputs); a causal LM answering generatively keeps its pretrained lm_head
+HEAD_MODULE_NAMES = ("classifier", "score", "qa_outputs")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def head_parameter_names(model: nn.Module) -> set[str]:
+def head_parameter_names(model: nn.Module, required: bool = True) -> set[str]:
     names = {n for n, _ in model.named_parameters() if n.split(".")[0] in HEAD_MODULE_NAMES}
-    if not names:
+    if not names and required:
         raise RuntimeError(f"no task head ({' or '.join(HEAD_MODULE_NAMES)}) found on {type(model).__name__}")
     return names
 

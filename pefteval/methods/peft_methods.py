@@ -15,10 +15,20 @@ from pefteval.config import AdaLoraMethod, IA3Method, LoraMethod, PeftMethod, Pr
 from pefteval.errors import UserError
 
 
-def build_peft_config(method: _MethodBase, total_steps: int) -> Any:
+def peft_task_type(task_kind: str, is_decoder: bool) -> Any:
+    """SEQ_CLS and QUESTION_ANS keep the new head trainable (modules_to_save); CAUSAL_LM trains
+    a decoder that answers in text."""
     import peft
 
-    task = peft.TaskType.SEQ_CLS
+    if task_kind == "qa":
+        return peft.TaskType.CAUSAL_LM if is_decoder else peft.TaskType.QUESTION_ANS
+    return peft.TaskType.SEQ_CLS
+
+
+def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -> Any:
+    import peft
+
+    task = task or peft.TaskType.SEQ_CLS
     if isinstance(method, LoraMethod):
         return peft.LoraConfig(task_type=task, r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
                                target_modules=method.target_modules)
@@ -37,11 +47,11 @@ def build_peft_config(method: _MethodBase, total_steps: int) -> Any:
         return peft.IA3Config(task_type=task, target_modules=method.target_modules,
                               feedforward_modules=method.feedforward_modules)
     if isinstance(method, PeftMethod):
-        return generic_peft_config(method.peft_type, method.kwargs)
+        return generic_peft_config(method.peft_type, method.kwargs, task)
     raise TypeError(f"not a peft method: {method!r}")
 
 
-def generic_peft_config(peft_type: str, kwargs: dict[str, Any]) -> Any:
+def generic_peft_config(peft_type: str, kwargs: dict[str, Any], task: Any = None) -> Any:
     import peft
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
@@ -51,17 +61,17 @@ def generic_peft_config(peft_type: str, kwargs: dict[str, Any]) -> Any:
         raise UserError(f"unknown peft_type '{peft_type}'; peft {peft.__version__} knows: {known}")
     config_cls = PEFT_TYPE_TO_CONFIG_MAPPING[key]
     try:
-        return config_cls(task_type=peft.TaskType.SEQ_CLS, **kwargs)
+        return config_cls(task_type=task or peft.TaskType.SEQ_CLS, **kwargs)
     except TypeError as err:
         raise UserError(f"peft_type {key}: bad kwargs ({err}); see peft's {config_cls.__name__}") from None
 
 
 def apply_peft(
-    model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool
+    model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool, task_kind: str = "classification"
 ) -> tuple[nn.Module, Callable[[int], None] | None]:
     import peft
 
-    config = build_peft_config(method, total_steps)
+    config = build_peft_config(method, total_steps, peft_task_type(task_kind, is_decoder))
     try:
         wrapped = peft.get_peft_model(model, config)
     except ValueError as err:

@@ -43,10 +43,13 @@ class MethodRow:
 
 @dataclass
 class ComparisonTable:
-    tasks: list[str]
+    tasks: list[str]  # classification tasks (Table 3 shape)
     rows: list[MethodRow]
     notes: list[str]
     adversarial_split: str = "advglue"
+    qa: list[QATable] = field(default_factory=list)  # one Table-4-shaped table per QA task
+    seeds: list[int] = field(default_factory=list)
+    scaling: Any = None  # ScalingTable when the experiment varies trainable parameters within a family
 
     def averages(self, row: MethodRow) -> tuple[float, float]:
         if not self.tasks or any(t not in row.cells for t in self.tasks):
@@ -71,8 +74,29 @@ def _grid_order(hp_key: str) -> tuple[Any, ...]:
     return (hp.get("batch_size", 0), hp.get("lr", 0.0), hp.get("warmup_ratio", 0.0), hp_key)
 
 
-def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
-    records = [r for r in records if r.get("status") == "complete"]
+def _task_kind(task: str) -> str:
+    from pefteval.tasks import TASKS
+
+    return TASKS[task].kind if task in TASKS else "classification"
+
+
+def _val_score(rec: dict[str, Any]) -> float:
+    """The selection metric: validation accuracy, or validation F1 for QA."""
+    val = rec["metrics"]["validation"]
+    return val["f1"] if "f1" in val else val["accuracy"]
+
+
+@dataclass
+class Selection:
+    """Per task and method, the chosen grid point's records (one per seed)."""
+
+    tasks: list[str]
+    methods: list[str]
+    chosen: dict[tuple[str, str], tuple[dict[str, Any], list[dict[str, Any]]]]
+    hidden: int
+
+
+def select_grid_points(records: list[dict[str, Any]]) -> Selection:
     tasks: list[str] = []
     methods: list[str] = []
     # a store can hold trials of several setups (another model, data limit, method config);
@@ -90,54 +114,115 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
         if cfg["method_label"] not in methods:
             methods.append(cfg["method_label"])
         groups[(cfg["task"], cfg["method_label"], _hp_key(cfg["training"]))].append(rec)
-    rows = {m: MethodRow(m) for m in methods}
-    notes: set[str] = set()
-    seeds_seen: set[int] = set()
+    chosen = {}
     for task in tasks:
         for method in methods:
             candidates = sorted(((key, recs) for (t, m, key), recs in groups.items() if t == task and m == method),
                                 key=lambda kv: _grid_order(kv[0]))
             if not candidates:
                 continue
-            # best grid point by mean validation accuracy; ties go to the first in sorted order
+            # best grid point by mean validation score; ties go to the first in sorted order
             # (smaller batch size, then smaller learning rate, then smaller warmup), whatever the storage order
-            key, chosen = max(candidates, key=lambda kv: mean_std([r["metrics"]["validation"]["accuracy"]
-                                                                   for r in kv[1]])[0])
-            row = rows[method]
+            key, recs = max(candidates, key=lambda kv: mean_std([_val_score(r) for r in kv[1]])[0])
+            chosen[(task, method)] = (json.loads(key), recs)
+    return Selection(tasks, methods, chosen, hidden)
+
+
+@dataclass
+class QACell:
+    """EM and F1 (mean, std) per split; adversarial splits in worst-case and per-question form."""
+
+    scores: dict[str, dict[str, tuple[float, float]]]
+    seeds: int
+    hp: dict[str, Any]
+    validation: float
+
+
+@dataclass
+class QATable:
+    task: str
+    splits: list[str]  # "test" first, then the adversarial sets present
+    rows: dict[str, QACell]
+    mode: str  # extractive | generative
+
+
+def _qa_table(task: str, sel: Selection) -> QATable:
+    from pefteval.tasks.squad import ADVERSARIAL
+
+    rows: dict[str, QACell] = {}
+    present: set[str] = set()
+    mode = "extractive"
+    for method in sel.methods:
+        if (task, method) not in sel.chosen:
+            continue
+        hp, recs = sel.chosen[(task, method)]
+        scores: dict[str, dict[str, tuple[float, float]]] = {}
+        for split in ["test", *ADVERSARIAL]:
+            have = [r["metrics"][split] for r in recs if split in r["metrics"]]
+            if not have:
+                continue
+            present.add(split)
+            scores[split] = {k: mean_std([m[k] for m in have if k in m])
+                             for k in ("exact_match", "f1", "worst_exact_match", "worst_f1")}
+        mode = recs[0].get("qa_mode", mode)
+        rows[method] = QACell(scores, len(recs), hp, mean_std([_val_score(r) for r in recs])[0])
+    splits = [s for s in ["test", *ADVERSARIAL] if s in present]
+    return QATable(task, splits, rows, mode)
+
+
+def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
+    records = [r for r in records if r.get("status") == "complete"]
+    sel = select_grid_points(records)
+    tasks = [t for t in sel.tasks if _task_kind(t) == "classification"]
+    qa_tasks = [t for t in sel.tasks if _task_kind(t) == "qa"]
+    methods = sel.methods
+    rows = {m: MethodRow(m) for m in methods}
+    notes: set[str] = set()
+    seeds_seen: set[int] = set()
+    for (task, method), (hp, chosen) in sel.chosen.items():
+        row = rows[method]
+        if task in tasks:
             row.cells[task] = Cell(
                 orig=mean_std([r["metrics"]["test"]["accuracy"] for r in chosen]),
                 adv=mean_std([r["metrics"]["advglue"]["accuracy"] for r in chosen if "advglue" in r["metrics"]]),
-                seeds=len(chosen), hp=json.loads(key),
-                validation=mean_std([r["metrics"]["validation"]["accuracy"] for r in chosen])[0],
+                seeds=len(chosen), hp=hp, validation=mean_std([_val_score(r) for r in chosen])[0],
             )
-            for r in chosen:
-                row.trainable.append(r["params"]["trainable"])
-                row.base.append(r["params"]["base"])
-                row.train_seconds.append(r["train_seconds"])
-                row.peak_rss_mb.append(r.get("peak_rss_mb", float("nan")))
-                seeds_seen.add(r["config"]["seed"])
-                notes.update(r.get("notes", []))
+        for r in chosen:
+            row.trainable.append(r["params"]["trainable"])
+            row.base.append(r["params"]["base"])
+            row.train_seconds.append(r["train_seconds"])
+            row.peak_rss_mb.append(r.get("peak_rss_mb", float("nan")))
+            seeds_seen.add(r["config"]["seed"])
+            notes.update(r.get("notes", []))
     first = records[0] if records else None
     header_notes = []
     if first is not None:
         hp = first["config"]["training"]
         header_notes.append(f"Model: {first['config']['model']}; device: {first.get('device', '?')}; "
                             f"versions: {', '.join(f'{k} {v}' for k, v in first.get('versions', {}).items())}.")
-        header_notes.append(f"Accuracy in %, mean (sample std) over seeds {sorted(seeds_seen)}; 'orig' is the GLUE dev "
-                            "set (or its held-out test part, see below), 'adv' the matching AdvGLUE dev set.")
-        header_notes.append("Per method and task, the grid point with the best mean validation accuracy is selected; "
-                            "the validation set is held out from the training data, never the test set.")
-        header_notes.append("The classification head trains under every method and is counted in 'Trainable'; "
+        if tasks:
+            header_notes.append(f"Accuracy in %, mean (sample std) over seeds {sorted(seeds_seen)}; 'orig' is the GLUE "
+                                "dev set (or its held-out test part, see below), 'adv' the matching AdvGLUE dev set.")
+        header_notes.append("Per method and task, the grid point with the best mean validation score (accuracy; F1 "
+                            "for QA) is selected; the validation set is held out from the training data, never the "
+                            "test set.")
+        header_notes.append("A new task head trains under every method and is counted in 'Trainable'; "
                             "'%' is relative to the pretrained model with its head.")
         header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
                             f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded); "
                             "'Peak MB' is the mean peak resident memory of a trial's own process.")
-    if hidden:
-        header_notes.append(f"{hidden} older trial(s) in the store have another setup (model, data or method "
+    if sel.hidden:
+        header_notes.append(f"{sel.hidden} older trial(s) in the store have another setup (model, data or method "
                             "settings) than the latest trials of the same task and method, and are not shown.")
     if failed:
         header_notes.append(f"{failed} trial(s) failed and are left out; see `results.sqlite` and their run logs.")
-    return ComparisonTable(tasks, [rows[m] for m in methods], header_notes + sorted(notes))
+    table = ComparisonTable(tasks, [rows[m] for m in methods], header_notes + sorted(notes))
+    table.qa = [_qa_table(t, sel) for t in qa_tasks]
+    table.seeds = sorted(seeds_seen)
+    from pefteval.report.scaling import build_scaling
+
+    table.scaling = build_scaling(records, sel, tasks, qa_tasks)
+    return table
 
 
 def _pct(value: float) -> str:
@@ -206,11 +291,70 @@ def selection_lines(table: ComparisonTable) -> list[str]:
     return lines
 
 
-def render_markdown(table: ComparisonTable) -> str:
-    header, body = table_rows(table)
+def _em_f1(scores: dict[str, tuple[float, float]] | None, worst: bool) -> str:
+    if scores is None:
+        return "–"
+    prefix = "worst_" if worst else ""
+    return f"{_ms(scores[prefix + 'exact_match'])} / {_ms(scores[prefix + 'f1'])}"
+
+
+def qa_rows(table: ComparisonTable, qa: QATable, worst: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Rows: methods; columns: original (SQuAD dev) and each adversarial set, EM / F1 mean (std)."""
+    from pefteval.tasks.squad import SHORT_NAMES
+
+    header = ["Method", "Original"] + [SHORT_NAMES.get(s, s) for s in qa.splits[1:]]
+    header += ["Trainable", "%", "Time (s)", "Peak MB"]
+    rows_by_method = {r.method: r for r in table.rows}
+    body = []
+    for method, cell in qa.rows.items():
+        line = [method, _em_f1(cell.scores.get("test"), worst=False)]
+        line += [_em_f1(cell.scores.get(s), worst=worst) for s in qa.splits[1:]]
+        row = rows_by_method[method]
+        peak = _mean(row.peak_rss_mb)
+        line += [_count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
+                 "–" if math.isnan(peak) else f"{peak:.0f}"]
+        body.append(line)
+    return header, body
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    out += ["| " + " | ".join(line) + " |" for line in body]
-    out.append("")
+    return out + ["| " + " | ".join(line) + " |" for line in body]
+
+
+def render_qa_markdown(table: ComparisonTable, qa: QATable) -> list[str]:
+    from pefteval.tasks.squad import SHORT_NAMES
+
+    names = ", ".join(f"{SHORT_NAMES.get(s, s)} = {s}" for s in qa.splits[1:])
+    out = [f"### {_display(qa.task)} ({qa.mode} QA): EM / F1 in %, mean (std) over seeds {table.seeds}", ""]
+    out += _md_table(*qa_rows(table, qa, worst=True))
+    out += ["", f"- Original: SQuAD v1.1 dev. Adversarial sets: {names}." if names else "- Original: SQuAD v1.1 dev.",
+            "- Adversarial columns follow the benchmark's convention: each source question scores its worst case "
+            "over the original and all its adversarial variants (EM and F1 each)."]
+    if len(qa.splits) > 1:
+        out += ["", "Per question (every adversarial item scored on its own, originals included):", ""]
+        out += _md_table(*qa_rows(table, qa, worst=False))
+    out += ["", "Selected grid points:"]
+    for method, cell in qa.rows.items():
+        hp = cell.hp
+        out.append(f"- {method}: lr {hp['lr']:g}, warmup {hp['warmup_ratio']:g}, batch {hp['batch_size']}; "
+                   f"validation F1 {_pct(cell.validation)}; {cell.seeds} seed(s)")
+    return out
+
+
+def render_markdown(table: ComparisonTable) -> str:
+    out: list[str] = []
+    if table.tasks:
+        out += _md_table(*table_rows(table))
+        out.append("")
+    for qa in table.qa:
+        out += render_qa_markdown(table, qa)
+        out.append("")
+    if table.scaling is not None:
+        from pefteval.report.scaling import render_scaling_markdown
+
+        out += ["### Parameter scaling: score against trainable parameters", "",
+                render_scaling_markdown(table.scaling), "Plot: `scaling.png` next to this report.", ""]
     out += [f"- {note}" for note in table.notes]
     sel = selection_lines(table)
     if sel:
@@ -233,6 +377,24 @@ def render_csv(table: ComparisonTable) -> str:
                                  cell.seeds, cell.hp["lr"], cell.hp["warmup_ratio"], cell.hp["batch_size"],
                                  _count(row.trainable).replace(",", ""), _share(row),
                                  f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+    rows_by_method = {r.method: r for r in table.rows}
+    for qa in table.qa:
+        for method, cell in qa.rows.items():
+            row = rows_by_method[method]
+            for split, scores in cell.scores.items():
+                for metric, (mean, std) in scores.items():
+                    if math.isnan(mean):
+                        continue
+                    writer.writerow([method, qa.task, f"{split}:{metric}", f"{mean:.6f}",
+                                     "" if math.isnan(std) else f"{std:.6f}", cell.seeds, cell.hp["lr"],
+                                     cell.hp["warmup_ratio"], cell.hp["batch_size"],
+                                     _count(row.trainable).replace(",", ""), _share(row),
+                                     f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+    if table.scaling is not None:
+        for srow in table.scaling.rows:
+            for column, (mean, std) in srow.scores.items():
+                writer.writerow([srow.method, "scaling", column, f"{mean:.6f}", "" if math.isnan(std) else f"{std:.6f}",
+                                 "", "", "", "", srow.trainable, "", "", ""])
     return buf.getvalue()
 
 
@@ -243,16 +405,31 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def render_latex(table: ComparisonTable) -> str:
-    header, body = table_rows(table)
+def _latex_table(header: list[str], body: list[list[str]], caption: str) -> list[str]:
     cols = "l" + "r" * (len(header) - 1)
     out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
            " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     out += [" & ".join(_latex_escape(c) for c in line) + r" \\" for line in body]
-    out += [r"\bottomrule", r"\end{tabular}",
-            r"\caption{Accuracy (\%), mean (std) over seeds, original and adversarial (AdvGLUE) sets.}",
-            r"\end{table}"]
+    return out + [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
+
+
+def render_latex(table: ComparisonTable) -> str:
+    out: list[str] = []
+    if table.tasks:
+        out += _render_latex_classification(table)
+    for qa in table.qa:
+        out += _latex_table(*qa_rows(table, qa), rf"{_display(qa.task)}: EM / F1 (\%), mean (std) over seeds; "
+                            "adversarial sets scored by the worst case per source question.")
+    if table.scaling is not None:
+        from pefteval.report.scaling import scaling_rows
+
+        out += _latex_table(*scaling_rows(table.scaling), r"Score (\%) against trainable parameters.")
     return "\n".join(out) + "\n"
+
+
+def _render_latex_classification(table: ComparisonTable) -> list[str]:
+    return _latex_table(*table_rows(table),
+                        r"Accuracy (\%), mean (std) over seeds, original and adversarial (AdvGLUE) sets.")
 
 
 def render(table: ComparisonTable, fmt: str) -> str:

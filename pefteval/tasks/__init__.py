@@ -5,9 +5,11 @@ are extra evaluation splits of the task."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
 from pefteval.errors import DataError
 
@@ -19,16 +21,43 @@ class Example:
     label: int
 
 
+@dataclass(frozen=True)
+class QAExample:
+    """One SQuAD-style question: gold answers as texts with character offsets into context."""
+
+    id: str
+    question: str
+    context: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+    title: str = ""
+
+
+# an adversarial item's id is its source question's id plus a suffix: Jia & Liang's
+# "-high-conf-turkN" or pefteval's "-<Attack>-N" for the sets it generates
+_VARIANT_ID = re.compile(r"^(?P<source>.+?)-(?:high-conf-turk\d+|(?:AddAny|AddAnyExtend|AddAnsCtx|AddNegAns)-\d+)$")
+
+
+def source_id(question_id: str) -> str:
+    """The id of the SQuAD dev question an adversarial item was made from (itself if original)."""
+    match = _VARIANT_ID.match(question_id)
+    return match.group("source") if match else question_id
+
+
 @dataclass
 class TaskSplits:
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-    adversarial: dict[str, list[Example]] = field(default_factory=dict)
+    train: list[Any]  # Example for classification tasks, QAExample for QA tasks
+    validation: list[Any]
+    test: list[Any]
+    adversarial: dict[str, list[Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     train_source: str = "train"  # "train", or "dev" when a dev split was divided
+    # adversarial sets that depend on the trained model (AddAny): name -> source questions to attack
+    model_attacks: dict[str, list[Any]] = field(default_factory=dict)
+    attack_pool: list[Any] = field(default_factory=list)  # passages the attacks draw common words from
+    attack_source_key: str = ""  # identifies the attacks' source data in their cache key
 
-    def eval_splits(self) -> dict[str, list[Example]]:
+    def eval_splits(self) -> dict[str, list[Any]]:
         return {"validation": self.validation, "test": self.test, **self.adversarial}
 
 
@@ -40,21 +69,36 @@ class ClassificationTask:
     help: str
     adversarial: tuple[str, ...]
     loader: Callable[..., TaskSplits]
+    kind: str = "classification"
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
 
-TASKS: dict[str, ClassificationTask] = {}
+@dataclass(frozen=True)
+class QATask:
+    """Reading comprehension: extractive with an encoder, generative with a decoder."""
+
+    name: str
+    display: str
+    help: str
+    adversarial: tuple[str, ...]
+    loader: Callable[..., TaskSplits]
+    kind: str = "qa"
+    label_names: tuple[str, ...] = ()
 
 
-def register(task: ClassificationTask) -> ClassificationTask:
+Task = Union[ClassificationTask, QATask]
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
     TASKS[task.name] = task
     return task
 
 
-def get_task(name: str) -> ClassificationTask:
+def get_task(name: str) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task '{name}'; known: {', '.join(TASKS)}")
     return TASKS[name]
@@ -74,3 +118,4 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
 
 
 from pefteval.tasks import glue as _glue  # noqa: E402,F401  (registers the GLUE tasks)
+from pefteval.tasks import squad as _squad  # noqa: E402,F401  (registers SQuAD)
