@@ -7,7 +7,7 @@ DATA_DIR ?= $(wildcard ../shared/data)
 OUT ?= out/quickstart
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-qa clean
 
 $(BIN)/pefteval: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py $(DATA_FLAG)
+
+bench-qa: setup
+	$(BIN)/python benchmarks/qa_throughput.py $(DATA_FLAG)
 
 clean:
 	rm -rf $(VENV) out

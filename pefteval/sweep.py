@@ -87,10 +87,18 @@ class Progress:
         took = time.time() - self.trial_started
         self.durations.append(took)
         if record["status"] == "complete":
-            scores = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in record["metrics"].items())
+            scores = ", ".join(f"{k} {_headline(v)}" for k, v in record["metrics"].items())
             self._emit(f"[trial {self.index}/{self.total}] done in {_fmt_time(took)}: {scores}", final=True)
         else:
             self._emit(f"[trial {self.index}/{self.total}] FAILED: {record['error']}", final=True)
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """One split's score for the progress line: accuracy, or EM/F1 (worst case where grouped)."""
+    if "accuracy" in metrics:
+        return f"{metrics['accuracy']:.4f}"
+    prefix = "worst_" if "worst_f1" in metrics else ""
+    return f"EM/F1 {metrics[prefix + 'exact_match']:.3f}/{metrics[prefix + 'f1']:.3f}"
 
 
 def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress) -> dict[str, Any]:

@@ -117,14 +117,31 @@ def save_trainable(model: Any, run_dir: Path) -> None:
     tmp.replace(run_dir / "trainable.safetensors")
 
 
-def evaluate_qa_split(predictor: Any, examples: list[Any], adversarial: bool) -> tuple[dict[str, Any], list[str]]:
-    """SQuAD EM/F1; an adversarial set also gets the worst case per source question."""
+def evaluate_qa_split(predictor: Any, examples: list[Any], adversarial: bool,
+                      cache: dict[tuple[str, str, str], str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """SQuAD EM/F1. An adversarial set also gets the worst case per source question and
+    ``source_*``: the plain score on its original questions, the clean baseline of the worst case.
+    ``cache`` (keyed by id, question and context) predicts the originals, which every adversarial
+    set repeats, once."""
     from pefteval.metrics import squad_metrics
     from pefteval.tasks import source_id
 
-    predictions = predictor.predict(examples)
-    groups = [source_id(x.id) for x in examples] if adversarial else None
-    return squad_metrics(predictions, [x.answers for x in examples], groups), predictions
+    cache = {} if cache is None else cache
+    keys = [(x.id, x.question, x.context) for x in examples]
+    todo = [x for x, k in zip(examples, keys) if k not in cache]
+    for x, pred in zip(todo, predictor.predict(todo) if todo else []):
+        cache[(x.id, x.question, x.context)] = pred
+    predictions = [cache[k] for k in keys]
+    truths = [x.answers for x in examples]
+    if not adversarial:
+        return squad_metrics(predictions, truths), predictions
+    groups = [source_id(x.id) for x in examples]
+    metrics = squad_metrics(predictions, truths, groups)
+    originals = [i for i, (x, g) in enumerate(zip(examples, groups)) if x.id == g]
+    if originals:
+        clean = squad_metrics([predictions[i] for i in originals], [truths[i] for i in originals])
+        metrics["source_exact_match"], metrics["source_f1"] = clean["exact_match"], clean["f1"]
+    return metrics, predictions
 
 
 def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
@@ -169,8 +186,9 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     metrics: dict[str, Any] = {}
     predictions: dict[str, dict[str, str]] = {}
     eval_started = time.perf_counter()
+    cache: dict[tuple[str, str, str], str] = {}
     for name, examples in splits.eval_splits().items():
-        metrics[name], preds = evaluate_qa_split(predictor, examples, name in splits.adversarial)
+        metrics[name], preds = evaluate_qa_split(predictor, examples, name in splits.adversarial, cache)
         predictions[name] = {x.id: p for x, p in zip(examples, preds)}
     attack_seconds = 0.0
     for name, sources in splits.model_attacks.items():
@@ -180,7 +198,7 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
         examples = generated_set(name, sources, AttackConfig(**config["data"]["attack"]), pool=splits.attack_pool,
                                  model=predictor, source_key=splits.attack_source_key)
         attack_seconds += time.perf_counter() - attack_started
-        metrics[name], preds = evaluate_qa_split(predictor, examples, adversarial=True)
+        metrics[name], preds = evaluate_qa_split(predictor, examples, adversarial=True, cache=cache)
         predictions[name] = {x.id: p for x, p in zip(examples, preds)}
     eval_seconds = time.perf_counter() - eval_started - attack_seconds
     atomic_write_json(run_dir / "predictions.json", predictions)

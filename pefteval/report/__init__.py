@@ -162,8 +162,8 @@ def _qa_table(task: str, sel: Selection) -> QATable:
             if not have:
                 continue
             present.add(split)
-            scores[split] = {k: mean_std([m[k] for m in have if k in m])
-                             for k in ("exact_match", "f1", "worst_exact_match", "worst_f1")}
+            keys = ("exact_match", "f1", "worst_exact_match", "worst_f1", "source_exact_match", "source_f1")
+            scores[split] = {k: mean_std([m[k] for m in have]) for k in keys if all(k in m for m in have)}
         mode = recs[0].get("qa_mode", mode)
         rows[method] = QACell(scores, len(recs), hp, mean_std([_val_score(r) for r in recs])[0])
     splits = [s for s in ["test", *ADVERSARIAL] if s in present]
@@ -291,23 +291,31 @@ def selection_lines(table: ComparisonTable) -> list[str]:
     return lines
 
 
-def _em_f1(scores: dict[str, tuple[float, float]] | None, worst: bool) -> str:
-    if scores is None:
+def _em_f1(scores: dict[str, tuple[float, float]] | None, worst: bool, prefix: str | None = None) -> str:
+    prefix = ("worst_" if worst else "") if prefix is None else prefix
+    if scores is None or prefix + "f1" not in scores:
         return "–"
-    prefix = "worst_" if worst else ""
-    return f"{_ms(scores[prefix + 'exact_match'])} / {_ms(scores[prefix + 'f1'])}"
+    (em, em_sd), (f1, f1_sd) = scores[prefix + "exact_match"], scores[prefix + "f1"]
+
+    def sd(v: float) -> str:
+        return "–" if math.isnan(v) else f"{100 * v:.1f}"
+
+    return f"{100 * em:.1f}/{100 * f1:.1f} ({sd(em_sd)}/{sd(f1_sd)})"
 
 
 def qa_rows(table: ComparisonTable, qa: QATable, worst: bool = True) -> tuple[list[str], list[list[str]]]:
     """Rows: methods; columns: original (SQuAD dev) and each adversarial set, EM / F1 mean (std)."""
     from pefteval.tasks.squad import SHORT_NAMES
 
-    header = ["Method", "Original"] + [SHORT_NAMES.get(s, s) for s in qa.splits[1:]]
-    header += ["Trainable", "%", "Time (s)", "Peak MB"]
+    adversarial = qa.splits[1:]
+    header = ["Method", "Original"] + (["Orig. (src)"] if worst and adversarial else [])
+    header += [SHORT_NAMES.get(s, s) for s in adversarial] + ["Trainable", "%", "Time (s)", "Peak MB"]
     rows_by_method = {r.method: r for r in table.rows}
     body = []
     for method, cell in qa.rows.items():
         line = [method, _em_f1(cell.scores.get("test"), worst=False)]
+        if worst and adversarial:
+            line.append(_em_f1(cell.scores.get(adversarial[0]), worst=False, prefix="source_"))
         line += [_em_f1(cell.scores.get(s), worst=worst) for s in qa.splits[1:]]
         row = rows_by_method[method]
         peak = _mean(row.peak_rss_mb)
@@ -326,11 +334,13 @@ def render_qa_markdown(table: ComparisonTable, qa: QATable) -> list[str]:
     from pefteval.tasks.squad import SHORT_NAMES
 
     names = ", ".join(f"{SHORT_NAMES.get(s, s)} = {s}" for s in qa.splits[1:])
-    out = [f"### {_display(qa.task)} ({qa.mode} QA): EM / F1 in %, mean (std) over seeds {table.seeds}", ""]
+    out = [f"### {_display(qa.task)} ({qa.mode} QA): EM/F1 in %, mean (std EM/std F1) over seeds {table.seeds}", ""]
     out += _md_table(*qa_rows(table, qa, worst=True))
     out += ["", f"- Original: SQuAD v1.1 dev. Adversarial sets: {names}." if names else "- Original: SQuAD v1.1 dev.",
             "- Adversarial columns follow the benchmark's convention: each source question scores its worst case "
-            "over the original and all its adversarial variants (EM and F1 each)."]
+            "over the original and all its adversarial variants (EM and F1 each).",
+            "- Orig. (src): the same models on just the original questions behind the adversarial columns "
+            "(their clean baseline; 'Original' is the whole, possibly capped, dev set)."]
     if len(qa.splits) > 1:
         out += ["", "Per question (every adversarial item scored on its own, originals included):", ""]
         out += _md_table(*qa_rows(table, qa, worst=False))

@@ -146,7 +146,8 @@ def make_splits(train_source: list[QAExample], dev: list[QAExample], adversarial
     if cfg.max_eval_examples is not None:
         validation = validation[: cfg.max_eval_examples]
         test = _shuffled(dev, cfg.split_seed)[: cfg.max_eval_examples]
-        notes.append(f"SQuAD: dev and validation capped at {cfg.max_eval_examples} questions (--max-eval-examples)")
+        notes.append(f"SQuAD: dev capped at {len(test)} of {len(dev)} questions, validation at {len(validation)} "
+                     "(--max-eval-examples)")
     wanted = cfg.adversarial_sets if cfg.adversarial_sets is not None else list(ADVERSARIAL)
     unknown = [name for name in wanted if name not in ADVERSARIAL]
     if unknown:
