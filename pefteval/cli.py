@@ -129,6 +129,10 @@ def _write_report(out: Path, fmt: str) -> str:
         from pefteval.report.scaling import plot_scaling
 
         plot_scaling(table.scaling, out / "scaling.png")
+    if table.data_scaling is not None:
+        from pefteval.report.datascaling import plot_data_scaling
+
+        plot_data_scaling(table.data_scaling, out / "data_scaling.png")
     return text
 
 

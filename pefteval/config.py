@@ -206,6 +206,17 @@ class DataConfig(_Strict):
     adversarial_sets: list[str] | None = None
     max_adversarial_questions: int | None = Field(None, ge=1)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    # prompt-based few-shot classification with a decoder LM: training examples per class
+    # (a list runs each k: the data-scaling experiment of Table 7 / Figure 2)
+    k_shot: int | list[int] | None = None
+
+    @field_validator("k_shot")
+    @classmethod
+    def _positive_k(cls, value: int | list[int] | None) -> int | list[int] | None:
+        ks = value if isinstance(value, list) else [value] if value is not None else []
+        if any(k < 1 for k in ks) or (isinstance(value, list) and not value):
+            raise ValueError("k_shot must be a positive number of examples per class, or a non-empty list of them")
+        return value
 
 
 class DataOverride(_Strict):
@@ -220,6 +231,7 @@ class DataOverride(_Strict):
     adversarial_sets: list[str] | None = None
     max_adversarial_questions: int | None = Field(None, ge=1)
     attack: AttackConfig | None = None
+    k_shot: int | list[int] | None = None
 
 
 class ExperimentConfig(_Strict):

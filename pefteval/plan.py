@@ -32,9 +32,14 @@ class Trial:
     def seed(self) -> int:
         return self.config["seed"]
 
+    @property
+    def k_shot(self) -> int | None:
+        return self.config["data"].get("k_shot")
+
     def describe(self) -> str:
         hp = self.config["training"]
-        return (f"{self.method} on {self.task}, seed {self.seed}, lr {hp['lr']:g}, "
+        task = self.task if self.k_shot is None else f"{self.task} (k={self.k_shot})"
+        return (f"{self.method} on {task}, seed {self.seed}, lr {hp['lr']:g}, "
                 f"warmup {hp['warmup_ratio']:g}, batch {hp['batch_size']}")
 
 
@@ -54,21 +59,25 @@ def plan_trials(exp: ExperimentConfig, data_source: str, methods: list[str] | No
         chosen = [m for m in exp.methods if m.label in methods]
     trials = []
     for task in exp.tasks:
-        for method in chosen:
-            for hp in exp.training_for(method).grid():
-                for seed in seeds or exp.seeds:
-                    config = {
-                        "model": exp.model,
-                        "task": task,
-                        "method_label": method.label,
-                        "method": method.method_params(),
-                        "training": hp,
-                        "data": exp.data_for(task).model_dump(),
-                        "data_source": data_source,
-                        "seed": seed,
-                        "save_weights": exp.save_weights,
-                    }
-                    trials.append(Trial(trial_key(config), config))
+        data = exp.data_for(task).model_dump()
+        ks = data.pop("k_shot")  # absent unless set, so other trials' keys do not depend on it
+        for k in ks if isinstance(ks, list) else [ks]:
+            task_data = data if k is None else {**data, "k_shot": k}
+            for method in chosen:
+                for hp in exp.training_for(method).grid():
+                    for seed in seeds or exp.seeds:
+                        config = {
+                            "model": exp.model,
+                            "task": task,
+                            "method_label": method.label,
+                            "method": method.method_params(),
+                            "training": hp,
+                            "data": task_data,
+                            "data_source": data_source,
+                            "seed": seed,
+                            "save_weights": exp.save_weights,
+                        }
+                        trials.append(Trial(trial_key(config), config))
     return trials
 
 

@@ -204,9 +204,9 @@ def prepare_generative_train(examples: Sequence[QAExample], tokenizer: Any, max_
 @torch.no_grad()
 def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
                      max_new_tokens: int = 32, precision: str = "bf16",
-                     max_prompt_tokens: int | None = None) -> list[str]:
+                     max_prompt_tokens: int | None = None, first_line: bool = True) -> list[str]:
     """Greedy answers for prompts, in left-padded batches (similar lengths together), cut at
-    end-of-sequence, the first line break, or ``max_new_tokens``."""
+    end-of-sequence or ``max_new_tokens`` and, with ``first_line``, at the first line break."""
     model.eval()
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if max_prompt_tokens is not None:
@@ -225,7 +225,7 @@ def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], b
                                        eos_token_id=tokenizer.eos_token_id, use_cache=True)
         for row, i in enumerate(idx):
             text = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
-            out[i] = clean_generated(text)
+            out[i] = clean_generated(text) if first_line else text.strip()
     return out
 
 

@@ -25,7 +25,8 @@ class SweepSummary:
 
 
 def run_dir_for(out_dir: Path, trial: Trial) -> Path:
-    return out_dir / "runs" / f"{trial.task}__{trial.method}__seed{trial.seed}__{trial.key}"
+    task = trial.task if trial.k_shot is None else f"{trial.task}-k{trial.k_shot}"
+    return out_dir / "runs" / f"{task}__{trial.method}__seed{trial.seed}__{trial.key}"
 
 
 def _fmt_time(seconds: float) -> str:

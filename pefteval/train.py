@@ -129,11 +129,14 @@ def train_model(
     on_step: Callable[[int], None] | None = None,
     progress: ProgressFn | None = None,
     metric: str = "accuracy",
+    loss_fn: Callable[[nn.Module, dict[str, Any]], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds the weights of its best validation epoch.
 
     ``validation`` is a labelled classification split, or a function that scores the model
-    (higher is better; e.g. SQuAD F1), named by ``metric`` in the curve."""
+    (higher is better; e.g. SQuAD F1), named by ``metric`` in the curve. ``loss_fn(model,
+    batch)`` replaces the model's own loss (e.g. label-word cross-entropy for prompt-based
+    few-shot classification)."""
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(seed)
@@ -153,10 +156,10 @@ def train_model(
         loss_sum, loss_n = 0.0, 0
         for idx in batch_order(train, hp["batch_size"], hp.get("group_by_length", False), order_rng):
             batch = collate([train.features[i] for i in idx], pad_id)
-            if train.labels:
+            if train.labels and loss_fn is None:
                 batch["labels"] = torch.tensor([train.labels[i] for i in idx], dtype=torch.long)
             with _autocast(hp["precision"]):
-                loss = model(**batch).loss
+                loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate "

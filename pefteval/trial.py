@@ -63,6 +63,10 @@ def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     task = get_task(config["task"])
     if task.kind == "qa":
         return run_qa_trial(config, data_dir, run_dir, progress)
+    if task.kind == "generation":
+        return run_generation_trial(config, data_dir, run_dir, progress)
+    if config["data"].get("k_shot") is not None:
+        return run_fewshot_trial(config, data_dir, run_dir, progress)
     splits = task.loader(data_dir, DataConfig(**config["data"]))
     method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
     model, tokenizer, is_decoder = load_for_classification(config["model"], task.num_labels, list(task.label_names))
@@ -224,6 +228,220 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
         "notes": splits.notes + applied.notes,
         "is_decoder": is_decoder,
         "qa_mode": "generative" if is_decoder else "extractive",
+        "versions": package_versions(),
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
+                         progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Instruction-style generation (GSM8K, SQL, ViGGO) with a decoder LM: the loss is on the
+    target tokens; validation and test are scored on greedy generations (left-padded batches,
+    KV cache, ``max_new_tokens`` cap) with the task's metric, which also selects the epoch."""
+    import torch
+    from pydantic import TypeAdapter
+
+    from pefteval.config import DataConfig, MethodConfig
+    from pefteval.errors import UserError
+    from pefteval.gen_metrics import score_generation
+    from pefteval.lm import chat_prompt, prepare_lm_train
+    from pefteval.methods import apply_method
+    from pefteval.qa import generate_answers, load_qa_model
+    from pefteval.store import atomic_write_json
+    from pefteval.tasks import get_task
+    from pefteval.train import steps_per_epoch, train_model
+
+    started = time.time()
+    hp = config["training"]
+    task = get_task(config["task"])
+    splits = task.loader(data_dir, DataConfig(**config["data"]))
+    method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    model, tokenizer, is_decoder = load_qa_model(config["model"])
+    if not is_decoder:
+        raise UserError(f"task {task.name} generates text and needs a decoder language model (e.g. smollm2-135m "
+                        f"or a LLaMA hub id); {config['model']} is an encoder")
+    train, skipped = prepare_lm_train(splits.train, tokenizer, hp["max_seq_length"])
+    notes = list(splits.notes)
+    if skipped:
+        notes.append(f"{task.name}: {skipped} training example(s) left out, their prompt alone exceeds "
+                     f"max_seq_length {hp['max_seq_length']}")
+    if len(train) == 0:
+        raise UserError(f"task {task.name}: no training example fits max_seq_length {hp['max_seq_length']}; raise it")
+    total_steps = steps_per_epoch(len(train), hp["batch_size"]) * hp["epochs"]
+    applied = apply_method(model, method, total_steps, True, task_kind="generation")
+
+    def generate(examples: list[Any]) -> list[str]:
+        prompts = [chat_prompt(tokenizer, x.prompt) for x in examples]
+        return generate_answers(applied.model, tokenizer, prompts, hp["eval_batch_size"], hp["max_new_tokens"],
+                                hp["precision"], first_line=False)
+
+    def validate(_model: Any) -> float:
+        return score_generation(task.name, generate(splits.validation), splits.validation)["accuracy"]
+
+    result = train_model(applied.model, train, validate, hp, config["seed"], tokenizer.pad_token_id,
+                         on_step=applied.on_step, progress=progress, metric=task.metric)
+    if progress is not None:
+        progress({"event": "evaluate"})
+    eval_started = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    predictions: dict[str, dict[str, dict[str, str]]] = {}
+    for name, examples in {"validation": splits.validation, "test": splits.test}.items():
+        preds = generate(examples)
+        metrics[name] = score_generation(task.name, preds, examples)
+        predictions[name] = {x.id: {"prediction": p, "target": x.target} for x, p in zip(examples, preds)}
+    eval_seconds = time.perf_counter() - eval_started
+    atomic_write_json(run_dir / "predictions.json", predictions)
+    if config.get("save_weights", True):
+        save_trainable(applied.model, run_dir)
+    return {
+        "key": config.get("key"),
+        "status": "complete",
+        "metrics": metrics,
+        "curve": result.curve,
+        "best_epoch": result.best_epoch,
+        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
+                   "base": applied.base_params, "head": applied.head_params},
+        "train_examples": len(train),
+        "train_source": splits.train_source,
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        "eval_seconds": eval_seconds,
+        "eval_examples_per_second": (len(splits.validation) + len(splits.test)) / max(eval_seconds, 1e-9),
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "notes": notes + applied.notes,
+        "is_decoder": True,
+        "versions": package_versions(),
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+FEWSHOT_MAX_VALIDATION_PER_CLASS = 16
+
+
+def fewshot_samples(pool: list[Any], num_classes: int, k: int, seed: int) -> tuple[list[Any], list[Any], list[str]]:
+    """The seed's k-shot training sample and its validation sample. Each class is shuffled by the
+    seed alone; training takes its first k, validation its last min(k, 16) (as few labelled
+    examples as the training set has, up to 16, as LM-BFF sizes its dev set), so for one seed a
+    smaller k's training sample is part of every larger one. A class with fewer than k + its
+    validation share gives training what is left, with a note."""
+    from pefteval.errors import DataError
+    from pefteval.tasks.fewshot import group_by_class
+
+    groups = group_by_class(pool, num_classes)
+    train, validation, notes = [], [], []
+    for label, members in enumerate(groups):
+        order = list(members)
+        random.Random(f"{seed}:{label}").shuffle(order)
+        n_val = min(k, FEWSHOT_MAX_VALIDATION_PER_CLASS)
+        if len(order) < 2:
+            raise DataError(f"class {label} has {len(order)} example(s) in the training pool; "
+                            "few-shot needs at least 2")
+        n_val = min(n_val, len(order) // 2)
+        n_train = min(k, len(order) - n_val)
+        if n_train < k:
+            notes.append(f"class {label}: only {n_train} training examples for k={k} (pool {len(order)}, "
+                         f"{n_val} kept for validation)")
+        train += order[:n_train]
+        validation += order[len(order) - n_val:]
+    return train, validation, notes
+
+
+def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
+                      progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Prompt-based few-shot classification with a decoder LM (the paper's Appendix D): k training
+    examples per class drawn by the seed; every input is one demonstration per class followed by
+    the query; the loss is cross-entropy over the label words' logits at the label position and
+    prediction is their argmax (no new head)."""
+    import torch
+    from pydantic import TypeAdapter
+
+    from pefteval.config import MethodConfig
+    from pefteval.errors import UserError
+    from pefteval.fewshot import encode_fewshot, fewshot_loss, predict_encoded
+    from pefteval.methods import apply_method
+    from pefteval.metrics import accuracy
+    from pefteval.qa import load_qa_model
+    from pefteval.store import atomic_write_json
+    from pefteval.tasks.fewshot import SPECS, load_fewshot
+    from pefteval.train import steps_per_epoch, train_model
+
+    started = time.time()
+    hp = config["training"]
+    data = config["data"]
+    k, seed = int(data["k_shot"]), config["seed"]
+    if config["task"] not in SPECS:
+        raise UserError(f"task {config['task']} has no few-shot pattern; data.k_shot works with "
+                        f"{', '.join(SPECS)}")
+    spec = SPECS[config["task"]]
+    raw = load_fewshot(spec.name, data_dir, data.get("split_seed", 0))
+    train_ex, val_ex, notes = fewshot_samples(raw["train_pool"], spec.num_labels, k, seed)
+    notes = [f"{spec.display}: {n}" for n in notes] + list(raw["notes"])
+    test = raw["test"]
+    cap = data.get("max_eval_examples")
+    if cap is not None and cap < len(test):
+        test = random.Random(data.get("split_seed", 0)).sample(test, cap)
+        notes.append(f"{spec.display}: test capped at {len(test)} of {len(raw['test'])} examples "
+                     "(--max-eval-examples)")
+    model, tokenizer, is_decoder = load_qa_model(config["model"])
+    if not is_decoder:
+        raise UserError(f"prompt-based few-shot (data.k_shot) scores label words with a decoder language model; "
+                        f"{config['model']} is an encoder (drop k_shot to fine-tune it with a classification head)")
+    tokenizer.padding_side = "right"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    max_len = hp["max_seq_length"]
+    train = encode_fewshot(train_ex, spec, tokenizer, train_ex, seed, max_len)
+    val = encode_fewshot(val_ex, spec, tokenizer, train_ex, seed, max_len)
+    test_enc = encode_fewshot(test, spec, tokenizer, train_ex, seed, max_len)
+    label_ids = train.label_token_ids
+    total_steps = steps_per_epoch(len(train), hp["batch_size"]) * hp["epochs"]
+    method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    applied = apply_method(model, method, total_steps, True, task_kind="generation")
+
+    def score(encoded: Any) -> float:
+        preds = predict_encoded(applied.model, encoded, pad_id, hp["eval_batch_size"], hp["precision"])
+        return accuracy(preds, encoded.labels)
+
+    result = train_model(applied.model, train, lambda _model: score(val), hp, seed, pad_id,
+                         on_step=applied.on_step, progress=progress,
+                         loss_fn=lambda m, b: fewshot_loss(m, b, label_ids))
+    if progress is not None:
+        progress({"event": "evaluate"})
+    eval_started = time.perf_counter()
+    test_preds = predict_encoded(applied.model, test_enc, pad_id, hp["eval_batch_size"], hp["precision"])
+    metrics = {"validation": {"accuracy": score(val), "n": len(val)},
+               "test": {"accuracy": accuracy(test_preds, test_enc.labels), "n": len(test_enc)}}
+    eval_seconds = time.perf_counter() - eval_started
+    truncated = train.demos_truncated + val.demos_truncated + test_enc.demos_truncated
+    if truncated:
+        notes.append(f"{spec.display}: demonstrations shortened in {truncated} prompt(s) to fit max_seq_length "
+                     f"{max_len}")
+    atomic_write_json(run_dir / "predictions.json",
+                      {"test": [{"text": x.text_a, "label": x.label, "prediction": p}
+                                for x, p in zip(test, test_preds)],
+                       "train_sample": [{"text": x.text_a, "label": x.label} for x in train_ex]})
+    if config.get("save_weights", True):
+        save_trainable(applied.model, run_dir)
+    return {
+        "key": config.get("key"),
+        "status": "complete",
+        "metrics": metrics,
+        "curve": result.curve,
+        "best_epoch": result.best_epoch,
+        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
+                   "base": applied.base_params, "head": applied.head_params},
+        "k_shot": k,
+        "train_examples": len(train_ex),
+        "train_source": "train",
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "notes": notes + applied.notes,
+        "is_decoder": True,
         "versions": package_versions(),
         "device": device_description(),
         "threads": torch.get_num_threads(),

@@ -444,3 +444,45 @@ def test_tiny_qa_sweep_end_to_end(tmp_path, tiny_qa_dir, monkeypatch):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = read_squad_json(target)
     assert len(written) == 6 and sum("AddAny" in x.id for x in written) == 3
+
+
+def test_squad_from_the_hub(monkeypatch, tmp_path):
+    """Without a data directory: rajpurkar/squad train/validation and stanfordnlp/squad_adversarial."""
+    import datasets
+
+    from pefteval.tasks import get_task
+
+    def rows(prefix, n, suffix=""):
+        out = []
+        for i in range(n):
+            ctx = f"Box {i} is kept in Paris. It holds {i + 3} coins."
+            out.append({"id": f"{prefix}{i}{suffix}", "title": "Boxes", "context": ctx,
+                        "question": f"How many coins does box {i} hold?",
+                        "answers": {"text": [f"{i + 3} coins"], "answer_start": [ctx.index(f"{i + 3} coins")]}})
+        return out
+
+    calls = []
+
+    def load_dataset(path, config=None, split=None):
+        calls.append((path, config, split))
+        if path == "rajpurkar/squad":
+            return rows("t", 30) if split == "train" else rows("d", 10)
+        if path == "stanfordnlp/squad_adversarial" and config == "AddSent":
+            return rows("d", 4) + rows("d", 4, "-high-conf-turk0")
+        raise ValueError(f"unexpected {path}/{config}")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("PEFTEVAL_CACHE_DIR", str(tmp_path))
+    splits = get_task("squad").loader(None, DataConfig(validation_size=0.2, adversarial_sets=["AddSent", "AddAnsCtx"]))
+    assert ("rajpurkar/squad", None, "train") in calls and ("rajpurkar/squad", None, "validation") in calls
+    assert ("stanfordnlp/squad_adversarial", "AddSent", "validation") in calls
+    assert len(splits.train) == 24 and len(splits.validation) == 6 and len(splits.test) == 10
+    assert len(splits.adversarial["AddSent"]) == 8
+    aac = splits.adversarial["AddAnsCtx"]
+    assert [x.id for x in aac[:4]] == ["d0", "d1", "d2", "d3"] and aac[4].id == "d0-AddAnsCtx-0"
+    assert aac[4].context.startswith(aac[0].context) and "3 coins" not in aac[4].context[len(aac[0].context):]
+    bad = rows("t", 3)
+    bad[1]["answers"] = {"text": ["nowhere"], "answer_start": [0]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: bad)
+    with pytest.raises(DataError, match="row 1"):
+        get_task("squad").loader(None, DataConfig())

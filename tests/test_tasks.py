@@ -46,8 +46,12 @@ def advglue(task: str, data_dir: Path) -> list[Example]:
 # ---------------------------------------------------------------- real data: counts and splits
 
 
-def test_registry_has_the_six_glue_tasks_and_squad():
-    assert list(TASKS) == ["sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte", "squad"]
+def test_registry_has_the_glue_qa_and_generation_tasks():
+    assert list(TASKS) == ["sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte", "squad", "viggo", "sql", "gsm8k",
+                           "trec", "agnews", "emoc", "amazon"]
+    assert {TASKS[t].kind for t in ("gsm8k", "sql", "viggo")} == {"generation"}
+    assert TASKS["trec"].kind == "classification" and TASKS["trec"].num_labels == 6
+    assert TASKS["agnews"].adversarial == ()
     assert get_task("mnli").num_labels == 3 and get_task("sst2").num_labels == 2
     assert get_task("squad").kind == "qa" and get_task("sst2").kind == "classification"
     with pytest.raises(KeyError, match="unknown task"):

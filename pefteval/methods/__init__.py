@@ -42,7 +42,7 @@ def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, is_dec
     """task_kind: "classification" (a new classification head), "qa" (a span head for an
     encoder; a decoder answers generatively with its own LM head, so there is no new head)."""
     base_params = count_parameters(model)
-    generative = task_kind == "qa" and is_decoder
+    generative = task_kind in ("qa", "generation") and is_decoder
     head_names = head_parameter_names(model, required=not generative)
     head_params = sum(p.numel() for n, p in model.named_parameters() if n in head_names)
     on_step = None

@@ -20,6 +20,8 @@ def peft_task_type(task_kind: str, is_decoder: bool) -> Any:
     a decoder that answers in text."""
     import peft
 
+    if task_kind == "generation":
+        return peft.TaskType.CAUSAL_LM
     if task_kind == "qa":
         return peft.TaskType.CAUSAL_LM if is_decoder else peft.TaskType.QUESTION_ANS
     return peft.TaskType.SEQ_CLS

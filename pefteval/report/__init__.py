@@ -50,6 +50,8 @@ class ComparisonTable:
     qa: list[QATable] = field(default_factory=list)  # one Table-4-shaped table per QA task
     seeds: list[int] = field(default_factory=list)
     scaling: Any = None  # ScalingTable when the experiment varies trainable parameters within a family
+    generation: Any = None  # GenTable (Table 1 shape) when the experiment has generation tasks
+    data_scaling: Any = None  # DataScalingTable (Table 7 / Figure 2) when the experiment has k-shot trials
 
     def averages(self, row: MethodRow) -> tuple[float, float]:
         if not self.tasks or any(t not in row.cells for t in self.tasks):
@@ -77,7 +79,16 @@ def _grid_order(hp_key: str) -> tuple[Any, ...]:
 def _task_kind(task: str) -> str:
     from pefteval.tasks import TASKS
 
+    if "@k=" in task:
+        return "fewshot"
     return TASKS[task].kind if task in TASKS else "classification"
+
+
+def task_label(config: dict[str, Any]) -> str:
+    """The report's name of a trial's task: the task, with ``@k=N`` for a k-shot trial (each k is
+    reported, never selected over)."""
+    k = config.get("data", {}).get("k_shot")
+    return config["task"] if k is None else f"{config['task']}@k={k}"
 
 
 def _val_score(rec: dict[str, Any]) -> float:
@@ -101,19 +112,20 @@ def select_grid_points(records: list[dict[str, Any]]) -> Selection:
     methods: list[str] = []
     # a store can hold trials of several setups (another model, data limit, method config);
     # per task and method only the most recently recorded setup is reported, never pooled
-    latest_setup = {(r["config"]["task"], r["config"]["method_label"]): _setup_key(r["config"]) for r in records}
+    latest_setup = {(task_label(r["config"]), r["config"]["method_label"]): _setup_key(r["config"]) for r in records}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     hidden = 0
     for rec in records:
         cfg = rec["config"]
-        if _setup_key(cfg) != latest_setup[(cfg["task"], cfg["method_label"])]:
+        label = task_label(cfg)
+        if _setup_key(cfg) != latest_setup[(label, cfg["method_label"])]:
             hidden += 1
             continue
-        if cfg["task"] not in tasks:
-            tasks.append(cfg["task"])
+        if label not in tasks:
+            tasks.append(label)
         if cfg["method_label"] not in methods:
             methods.append(cfg["method_label"])
-        groups[(cfg["task"], cfg["method_label"], _hp_key(cfg["training"]))].append(rec)
+        groups[(label, cfg["method_label"], _hp_key(cfg["training"]))].append(rec)
     chosen = {}
     for task in tasks:
         for method in methods:
@@ -175,6 +187,7 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     sel = select_grid_points(records)
     tasks = [t for t in sel.tasks if _task_kind(t) == "classification"]
     qa_tasks = [t for t in sel.tasks if _task_kind(t) == "qa"]
+    gen_tasks = [t for t in sel.tasks if _task_kind(t) == "generation"]
     methods = sel.methods
     rows = {m: MethodRow(m) for m in methods}
     notes: set[str] = set()
@@ -222,7 +235,23 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     from pefteval.report.scaling import build_scaling
 
     table.scaling = build_scaling(records, sel, tasks, qa_tasks)
+    from pefteval.report.generation import build_generation
+
+    table.generation = build_generation(sel, gen_tasks)
+    from pefteval.report.datascaling import build_data_scaling
+
+    table.data_scaling = build_data_scaling(records, sel, [t for t in sel.tasks if _task_kind(t) == "fewshot"])
     return table
+
+
+def _row_extra(table: ComparisonTable) -> dict[str, list[str]]:
+    """Trainable, %, Time and Peak MB cells per method."""
+    out = {}
+    for row in table.rows:
+        peak = _mean(row.peak_rss_mb)
+        out[row.method] = [_count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
+                           "–" if math.isnan(peak) else f"{peak:.0f}"]
+    return out
 
 
 def _pct(value: float) -> str:
@@ -360,6 +389,20 @@ def render_markdown(table: ComparisonTable) -> str:
     for qa in table.qa:
         out += render_qa_markdown(table, qa)
         out.append("")
+    if table.generation is not None:
+        from pefteval.report import generation as gen
+
+        methods = [r.method for r in table.rows]
+        out += ["### Generation tasks (Table 1 shape)", ""]
+        out += _md_table(*gen.generation_rows(table.generation, methods, _row_extra(table)))
+        second = gen.secondary_rows(table.generation, methods)
+        if second:
+            out += ["", "Other metrics (test split):", ""] + _md_table(*second)
+        out += [""] + [f"- {n}" for n in gen.notes(table.generation)] + [""]
+    if table.data_scaling is not None:
+        from pefteval.report.datascaling import render_data_scaling_markdown
+
+        out += [render_data_scaling_markdown(table.data_scaling), "Plot: `data_scaling.png` next to this report.", ""]
     if table.scaling is not None:
         from pefteval.report.scaling import render_scaling_markdown
 
@@ -400,6 +443,20 @@ def render_csv(table: ComparisonTable) -> str:
                                      cell.hp["warmup_ratio"], cell.hp["batch_size"],
                                      _count(row.trainable).replace(",", ""), _share(row),
                                      f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+    if table.generation is not None:
+        for method, per_task in table.generation.scores.items():
+            row = rows_by_method[method]
+            for task, scores in per_task.items():
+                for metric, (mean, std) in scores.items():
+                    writer.writerow([method, task, f"test:{metric}", f"{mean:.6f}",
+                                     "" if math.isnan(std) else f"{std:.6f}", table.generation.seeds[method], "", "",
+                                     "", _count(row.trainable).replace(",", ""), _share(row),
+                                     f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+    if table.data_scaling is not None:
+        ds = table.data_scaling
+        for (method, task, k), (mean, std) in ds.scores.items():
+            writer.writerow([method, task, f"k={k}:accuracy", f"{mean:.6f}", "" if math.isnan(std) else f"{std:.6f}",
+                             ds.seeds.get((method, k), ""), "", "", "", "", "", "", ""])
     if table.scaling is not None:
         for srow in table.scaling.rows:
             for column, (mean, std) in srow.scores.items():
@@ -430,6 +487,12 @@ def render_latex(table: ComparisonTable) -> str:
     for qa in table.qa:
         out += _latex_table(*qa_rows(table, qa), rf"{_display(qa.task)}: EM / F1 (\%), mean (std) over seeds; "
                             "adversarial sets scored by the worst case per source question.")
+    if table.generation is not None:
+        from pefteval.report import generation as gen
+
+        methods = [r.method for r in table.rows]
+        out += _latex_table(*gen.generation_rows(table.generation, methods, _row_extra(table)),
+                            r"Generation tasks (\%), mean (std) over seeds.")
     if table.scaling is not None:
         from pefteval.report.scaling import scaling_rows
 

@@ -128,7 +128,8 @@ def render_scaling_markdown(table: ScalingTable) -> str:
 
 
 def plot_scaling(table: ScalingTable, path: Path) -> Path:
-    """Score against trainable parameters (log x), one line per family, clean solid and adversarial dashed."""
+    """Score against trainable parameters (log x), one line per family, clean solid and adversarial
+    dashed; error bars are the seeds' sample std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,12 +143,14 @@ def plot_scaling(table: ScalingTable, path: Path) -> Path:
         for fam in families:
             rows = [r for r in table.rows if r.family == fam]
             for col, style, label in ((clean, "-", "original"), (adv, "--", "adversarial")):
-                pts = [(r.trainable, 100 * r.scores[col][0], r.setting) for r in rows
+                pts = [(r.trainable, 100 * r.scores[col][0], 0.0 if math.isnan(r.scores[col][1])
+                        else 100 * r.scores[col][1], r.setting) for r in rows
                        if col in r.scores and not math.isnan(r.scores[col][0])]
                 if not pts:
                     continue
-                xs, ys, names = zip(*pts)
-                ax.plot(xs, ys, style, marker="o", color=colours[fam], label=f"{fam}, {label}")
+                xs, ys, errs, names = zip(*pts)
+                ax.errorbar(xs, ys, yerr=errs, fmt="o" + style, color=colours[fam], capsize=3,
+                            label=f"{fam}, {label}")
                 for x, y, name in zip(xs, ys, names):
                     ax.annotate(name, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
         ax.set_xscale("log")

@@ -89,7 +89,22 @@ class QATask:
     label_names: tuple[str, ...] = ()
 
 
-Task = Union[ClassificationTask, QATask]
+@dataclass(frozen=True)
+class GenerationTask:
+    """Instruction-style generation with a decoder LM (prompt -> target text), scored by a
+    task metric on greedy generations (GSM8K, SQL, ViGGO)."""
+
+    name: str
+    display: str
+    help: str
+    loader: Callable[..., TaskSplits]
+    metric: str  # what the report's main column shows
+    kind: str = "generation"
+    adversarial: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
+
+
+Task = Union[ClassificationTask, QATask, GenerationTask]
 TASKS: dict[str, Task] = {}
 
 
@@ -117,5 +132,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
-from pefteval.tasks import glue as _glue  # noqa: E402,F401  (registers the GLUE tasks)
+from pefteval.tasks import glue as _glue  # noqa: E402,F401,I001  (registers the GLUE tasks first)
 from pefteval.tasks import squad as _squad  # noqa: E402,F401  (registers SQuAD)
+from pefteval.tasks import generation as _generation  # noqa: E402,F401  (registers gsm8k, sql, viggo)
+from pefteval.tasks import fewshot as _fewshot  # noqa: E402,F401  (registers trec, agnews, emoc, amazon)

@@ -1,0 +1,82 @@
+"""The Table-1-shaped report of generation tasks: rows are methods, columns the tasks' main
+scores (GSM8K answer accuracy, SQL execution accuracy, ViGGO exact match) and their average,
+mean (sample std) over seeds at the grid point selected on validation; the other metrics
+(SQL exact match, ViGGO slot precision/recall/F1) in a second table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pefteval.metrics import mean_std
+
+SECONDARY = {"sql": (("exact_match", "exact match"),),
+             "viggo": (("slot_precision", "slot P"), ("slot_recall", "slot R"), ("slot_f1", "slot F1"))}
+MAIN = {"gsm8k": "answer accuracy", "sql": "execution accuracy", "viggo": "exact match (slot order ignored)"}
+
+
+@dataclass
+class GenTable:
+    tasks: list[str]
+    scores: dict[str, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)  # method->task->metric
+    seeds: dict[str, int] = field(default_factory=dict)
+
+    def average(self, method: str) -> float:
+        cells = self.scores.get(method, {})
+        if any(t not in cells for t in self.tasks):
+            return float("nan")
+        return sum(cells[t]["accuracy"][0] for t in self.tasks) / len(self.tasks)
+
+
+def build_generation(sel: Any, tasks: list[str]) -> GenTable | None:
+    if not tasks:
+        return None
+    table = GenTable(tasks)
+    for (task, method), (_hp, recs) in sel.chosen.items():
+        if task not in tasks:
+            continue
+        tests = [r["metrics"]["test"] for r in recs]
+        keys = ["accuracy"] + [k for k, _ in SECONDARY.get(task, ())]
+        table.scores.setdefault(method, {})[task] = {k: mean_std([m[k] for m in tests]) for k in keys
+                                                     if all(k in m for m in tests)}
+        table.seeds[method] = len(recs)
+    return table
+
+
+def _ms(pair: tuple[float, float] | None) -> str:
+    if pair is None or math.isnan(pair[0]):
+        return "–"
+    mean, std = pair
+    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
+
+
+def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[str]]) -> tuple[list[str],
+                                                                                               list[list[str]]]:
+    """Main table: method, one column per task, average, then the ``extra`` columns per method."""
+    header = ["Method", *table.tasks, "Average", "Trainable", "%", "Time (s)", "Peak MB"]
+    body = []
+    for method in methods:
+        if method not in table.scores:
+            continue
+        cells = table.scores[method]
+        avg = table.average(method)
+        body.append([method, *[_ms(cells[t]["accuracy"]) if t in cells else "–" for t in table.tasks],
+                     "–" if math.isnan(avg) else f"{100 * avg:.2f}", *extra[method]])
+    return header, body
+
+
+def secondary_rows(table: GenTable, methods: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    cols = [(t, k, f"{t} {label}") for t in table.tasks for k, label in SECONDARY.get(t, ())]
+    if not cols:
+        return None
+    header = ["Method", *[c[2] for c in cols]]
+    body = [[m, *[_ms(table.scores[m].get(t, {}).get(k)) for t, k, _ in cols]] for m in methods
+            if m in table.scores]
+    return header, body
+
+
+def notes(table: GenTable) -> list[str]:
+    return ["Generation tasks, in %, mean (sample std) over seeds on the test split: "
+            + "; ".join(f"{t}: {MAIN.get(t, 'accuracy')}" for t in table.tasks)
+            + ". Answers are generated greedily (batched, capped at max_new_tokens)."]

@@ -1,0 +1,138 @@
+"""Generation tasks in a trial: answer-only training labels, the task metrics on generated
+text, the Table-1-shaped report, and one tiny sweep through the CLI on a random LLaMA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pefteval.gen_metrics import clean_sql_output, score_generation
+from pefteval.lm import chat_prompt, prepare_lm_train
+from pefteval.tasks.generation import GenExample
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random LlamaForCausalLM with the packaged MiniLM tokenizer ([SEP] as end of sequence)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    tok.eos_token = "[SEP]"
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_labels_cover_only_the_target_and_long_prompts_are_left_out(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    examples = [GenExample("a", "Convert: the game is great", "inform(rating[excellent])"),
+                GenExample("b", "word " * 300, "x")]
+    enc, skipped = prepare_lm_train(examples, tok, max_length=64)
+    assert skipped == 1 and len(enc) == 1
+    feat = enc.features[0]
+    prompt_len = len(tok(chat_prompt(tok, examples[0].prompt), add_special_tokens=False)["input_ids"])
+    assert feat["labels"][:prompt_len] == [-100] * prompt_len
+    target = feat["labels"][prompt_len:]
+    assert target[-1] == tok.eos_token_id and target == feat["input_ids"][prompt_len:]
+    assert tok.decode(target[:-1]).replace(" ", "") == "inform(rating[excellent])"
+
+
+def test_score_generation_per_task(tmp_path):
+    import sqlite3
+
+    gsm = [GenExample("1", "p", "... #### 72", {"gold": "72"}), GenExample("2", "p", "#### 10", {"gold": "10"})]
+    assert score_generation("gsm8k", ["so 72 clips\n#### 72", "I think 11"], gsm) == {"accuracy": 0.5, "n": 2}
+    golds = ["inform(name[Dirt], genres[driving/racing, sport])", "request(release_year[2014])"]
+    viggo = [GenExample(str(i), "p", g) for i, g in enumerate(golds)]
+    m = score_generation("viggo", ["inform(genres[sport, driving/racing], name[Dirt])", "request(rating[good])"],
+                         viggo)
+    assert m["accuracy"] == 0.5 and 0 < m["slot_f1"] < 1
+    db = tmp_path / "db.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript("CREATE TABLE singer (name TEXT, age INTEGER);"
+                       "INSERT INTO singer VALUES ('Ann', 30), ('Bo', 40);")
+    conn.commit()
+    conn.close()
+    meta = {"db_path": str(db), "schema": "CREATE TABLE singer (name VARCHAR, age INTEGER)"}
+    sql = [GenExample("s1", "p", "SELECT name FROM singer WHERE age > 35", meta),
+           GenExample("s2", "p", "SELECT count(*) FROM singer", meta)]
+    preds = ["```sql\nSELECT name FROM singer WHERE age >= 36;\n```", "DELETE FROM singer"]
+    m = score_generation("sql", preds, sql)
+    assert m["accuracy"] == 0.5 and m["exact_match"] == 0.0 and m["gold_errors"] == 0
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM singer").fetchone() == (2,)
+    assert clean_sql_output("SELECT 1; DROP TABLE x") == "SELECT 1"
+    with pytest.raises(KeyError, match="no generation metric"):
+        score_generation("sst2", [], [])
+
+
+def write_generation_layout(root: Path) -> Path:
+    (root / "viggo").mkdir(parents=True)
+    games = ["Dirt", "Halo", "Tetris", "Doom", "Myst", "Portal"]
+    rows = ["mr,ref"]
+    for i in range(40):
+        g, r = games[i % len(games)], "good" if i % 2 else "poor"
+        rows.append(f'"inform(name[{g}], rating[{r}])","{g} is a {r} game."')
+    text = "\n".join(rows) + "\n"
+    for split in ("train", "valid", "test"):
+        (root / "viggo" / f"{split}.csv").write_text(text)
+    (root / "gsm8k").mkdir()
+    lines = [json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n"
+                                                                      f"#### {2 * i}"}) for i in range(30)]
+    (root / "gsm8k" / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "gsm8k" / "test.jsonl").write_text("\n".join(lines[:10]) + "\n")
+    return root
+
+
+@pytest.mark.integration
+def test_tiny_generation_sweep_end_to_end(tmp_path, tiny_llama_dir):
+    data = write_generation_layout(tmp_path / "data")
+    cfg = {"name": "tiny_gen", "model": str(tiny_llama_dir), "tasks": ["viggo", "gsm8k"], "seeds": [0],
+           "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "max_seq_length": 256, "max_new_tokens": 6,
+                        "precision": "fp32"},
+           "data": {"max_train_examples": 16, "validation_size": 4, "max_validation_examples": 4,
+                    "max_eval_examples": 6},
+           "methods": [{"type": "fft"}, {"type": "lora", "r": 4, "alpha": 8,
+                                         "target_modules": ["q_proj", "v_proj", "embed_tokens", "lm_head"]}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    proc = run_cli("run", tmp_path / "c.yaml", "--out", out, "--data-dir", data)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Generation tasks (Table 1 shape)" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| Method | viggo"))
+    assert header.startswith("| Method | viggo | gsm8k | Average |")
+    assert "viggo slot F1" in proc.stdout
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 4
+    for run in runs:
+        result = json.loads((run / "result.json").read_text())
+        assert result["metrics"]["test"]["n"] == 6 and 0.0 <= result["metrics"]["test"]["accuracy"] <= 1.0
+        preds = json.loads((run / "predictions.json").read_text())
+        assert len(preds["test"]) == 6 and all("target" in v for v in preds["test"].values())
+    lora = json.loads(next(r for r in runs if "lora" in r.name and "viggo" in r.name).joinpath("result.json")
+                      .read_text())
+    assert lora["params"]["trainable"] < lora["params"]["total"] / 2
+
+
+def test_encoder_on_a_generation_task_is_a_clear_error(tmp_path, tiny_bert_dir):
+    data = write_generation_layout(tmp_path / "data")
+    cfg = {"name": "bad", "model": str(tiny_bert_dir), "tasks": ["viggo"], "seeds": [0],
+           "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "max_seq_length": 64, "precision": "fp32"},
+           "data": {"max_train_examples": 8, "validation_size": 4, "max_eval_examples": 4},
+           "methods": [{"type": "fft"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli("run", tmp_path / "c.yaml", "--out", tmp_path / "out", "--data-dir", data)
+    assert proc.returncode == 1
+    assert "needs a decoder language model" in proc.stdout + proc.stderr
