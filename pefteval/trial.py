@@ -286,10 +286,11 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     eval_started = time.perf_counter()
     metrics: dict[str, Any] = {}
     predictions: dict[str, dict[str, dict[str, str]]] = {}
-    for name, examples in {"validation": splits.validation, "test": splits.test}.items():
-        preds = generate(examples)
-        metrics[name] = score_generation(task.name, preds, examples)
-        predictions[name] = {x.id: {"prediction": p, "target": x.target} for x, p in zip(examples, preds)}
+    # validation was generated after every epoch; the kept epoch's score is the best one
+    metrics["validation"] = {"accuracy": result.best_validation, "n": len(splits.validation)}
+    preds = generate(splits.test)
+    metrics["test"] = score_generation(task.name, preds, splits.test)
+    predictions["test"] = {x.id: {"prediction": p, "target": x.target} for x, p in zip(splits.test, preds)}
     eval_seconds = time.perf_counter() - eval_started
     atomic_write_json(run_dir / "predictions.json", predictions)
     if config.get("save_weights", True):
@@ -307,7 +308,7 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
         "train_seconds": result.train_seconds,
         "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
         "eval_seconds": eval_seconds,
-        "eval_examples_per_second": (len(splits.validation) + len(splits.test)) / max(eval_seconds, 1e-9),
+        "eval_examples_per_second": len(splits.test) / max(eval_seconds, 1e-9),
         "wall_seconds": time.time() - started,
         "peak_rss_mb": peak_rss_mb(),
         "notes": notes + applied.notes,
