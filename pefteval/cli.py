@@ -161,10 +161,17 @@ def list_all() -> None:
     for name, alias in ALIASES.items():
         typer.echo(f"  {name:<14} {alias.help}")
     typer.echo("\nTasks:")
+    from pefteval.tasks.fewshot import SPECS
+
     for name, task in TASKS.items():
-        adv = ", ".join(task.adversarial)
-        labels = f"labels: {', '.join(task.label_names)}; " if task.label_names else ""
-        typer.echo(f"  {name:<14} {task.help} [{labels}adversarial: {adv}]")
+        facts = [f"labels: {', '.join(task.label_names)}"] if task.label_names else []
+        if task.adversarial:
+            facts.append(f"adversarial: {', '.join(task.adversarial)}")
+        if task.kind == "generation":
+            facts.append("decoder generation")
+        if name in SPECS:
+            facts.append("few-shot with data.k_shot")
+        typer.echo(f"  {name:<14} {task.help}" + (f" [{'; '.join(facts)}]" if facts else ""))
     typer.echo("\nMethods:")
     for name, text in METHOD_HELP.items():
         typer.echo(f"  {name:<14} {text}")

@@ -136,3 +136,52 @@ def test_encoder_on_a_generation_task_is_a_clear_error(tmp_path, tiny_bert_dir):
     proc = run_cli("run", tmp_path / "c.yaml", "--out", tmp_path / "out", "--data-dir", data)
     assert proc.returncode == 1
     assert "needs a decoder language model" in proc.stdout + proc.stderr
+
+
+def test_lora_on_a_decoder_defaults_to_the_papers_targets(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from pefteval.config import LoraMethod
+    from pefteval.methods import apply_method
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    applied = apply_method(model, LoraMethod(type="lora"), 10, True, task_kind="generation")
+    import re
+
+    wrapped = {m.group(1) for name, _ in applied.model.named_parameters()
+               if (m := re.search(r"\.(\w+)\.lora_(?:embedding_)?A\.", name))}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens",
+                       "lm_head"}
+    # r 8 on every target: the count is exact
+    h, inter, vocab, layers = 32, 64, model.config.vocab_size, 2
+    per_layer = 4 * 8 * (h + h) + 2 * 8 * (h + inter) + 8 * (inter + h)
+    assert applied.trainable_params == layers * per_layer + 8 * (vocab + h) + 8 * (h + vocab)
+
+
+@pytest.mark.integration
+def test_smollm2_generation_and_few_shot_trials(tmp_path, data_dir):
+    """The packaged SmolLM2-135M on real ViGGO (generation, LoRA with the paper's default targets on
+    a model with tied embeddings) and real SST-2 (prompt-based 2-shot), a handful of examples each."""
+    from pefteval.errors import UserError
+    from pefteval.models import resolve_model
+
+    try:
+        resolve_model("smollm2-135m")
+    except UserError as err:
+        pytest.skip(f"packaged SmolLM2 not installed: {err}")
+    cfg = {"name": "smol", "model": "smollm2-135m", "tasks": ["viggo", "sst2"], "seeds": [0],
+           "training": {"epochs": 1, "batch_size": 2, "lr": 1e-3, "max_seq_length": 384, "max_new_tokens": 24,
+                        "eval_batch_size": 4, "precision": "bf16"},
+           "data": {"max_train_examples": 4, "validation_size": 2, "max_validation_examples": 2,
+                    "max_eval_examples": 4},
+           "task_data": {"sst2": {"k_shot": 2}},
+           "methods": [{"type": "lora"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    proc = run_cli("run", tmp_path / "c.yaml", "--out", out, "--data-dir", data_dir, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| Method | viggo | Average |" in proc.stdout and "| lora | 2 |" in proc.stdout
+    viggo = json.loads(next((out / "runs").glob("viggo__lora*")).joinpath("predictions.json").read_text())
+    assert len(viggo["test"]) == 4 and all(v["prediction"] for v in viggo["test"].values())
+    fewshot = json.loads(next((out / "runs").glob("sst2-k2__lora*")).joinpath("result.json").read_text())
+    assert fewshot["train_examples"] == 4 and fewshot["metrics"]["test"]["n"] == 4

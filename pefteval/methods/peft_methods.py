@@ -27,6 +27,22 @@ def peft_task_type(task_kind: str, is_decoder: bool) -> Any:
     return peft.TaskType.SEQ_CLS
 
 
+# the paper's LoRA targets for decoder generation tasks (LLaMA naming): attention and MLP
+# projections plus the input embeddings and the LM head
+PAPER_DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                              "embed_tokens", "lm_head")
+
+
+def paper_lora_targets(model: nn.Module) -> list[str]:
+    """The paper's decoder LoRA targets that this model has (by module name suffix)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [t for t in PAPER_DECODER_LORA_TARGETS if t in names]
+    if not found:
+        raise UserError(f"{type(model).__name__} has none of the LLaMA-style modules the paper's LoRA targets "
+                        f"({', '.join(PAPER_DECODER_LORA_TARGETS)}); set target_modules for the lora method")
+    return found
+
+
 def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -> Any:
     import peft
 
@@ -73,6 +89,9 @@ def apply_peft(
 ) -> tuple[nn.Module, Callable[[int], None] | None]:
     import peft
 
+    if (isinstance(method, LoraMethod) and method.target_modules is None and task_kind == "generation"
+            and is_decoder):
+        method = method.model_copy(update={"target_modules": paper_lora_targets(model)})
     config = build_peft_config(method, total_steps, peft_task_type(task_kind, is_decoder))
     try:
         wrapped = peft.get_peft_model(model, config)
