@@ -185,3 +185,48 @@ def test_smollm2_generation_and_few_shot_trials(tmp_path, data_dir):
     assert len(viggo["test"]) == 4 and all(v["prediction"] for v in viggo["test"].values())
     fewshot = json.loads(next((out / "runs").glob("sst2-k2__lora*")).joinpath("result.json").read_text())
     assert fewshot["train_examples"] == 4 and fewshot["metrics"]["test"]["n"] == 4
+
+
+@pytest.mark.parametrize("method", [
+    {"type": "fft", "top_k_layers": 1}, {"type": "adalora", "r": 2, "init_r": 4}, {"type": "prefix",
+                                                                                   "num_virtual_tokens": 4},
+    {"type": "ia3"},
+])
+def test_every_method_trains_and_generates_on_a_decoder(tiny_llama_dir, method):
+    from pydantic import TypeAdapter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pefteval.config import MethodConfig
+    from pefteval.methods import apply_method
+    from pefteval.qa import generate_answers
+    from pefteval.train import train_model
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    examples = [GenExample(str(i), f"Say {w}", w) for i, w in enumerate(["red", "blue", "green", "red"] * 2)]
+    train, _ = prepare_lm_train(examples, tok, 64)
+    cfg = TypeAdapter(MethodConfig).validate_python(method)
+    applied = apply_method(model, cfg, 4, True, task_kind="generation")
+    assert 0 < applied.trainable_params < applied.total_params
+    before = {n: p.detach().clone() for n, p in applied.model.named_parameters() if p.requires_grad}
+    hp = {"epochs": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+          "precision": "fp32", "group_by_length": False, "eval_batch_size": 4}
+    result = train_model(applied.model, train, lambda _m: 0.0, hp, 0, tok.pad_token_id, on_step=applied.on_step)
+    assert result.examples_seen == 16
+    assert any(not torch.equal(before[n], p) for n, p in applied.model.named_parameters() if n in before)
+    out = generate_answers(applied.model, tok, [chat_prompt(tok, x.prompt) for x in examples[:3]], 3, 4, "fp32",
+                           first_line=False)
+    assert len(out) == 3
+
+
+def test_bitfit_on_a_bias_free_decoder_is_a_clear_error(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from pefteval.config import BitFitMethod
+    from pefteval.errors import UserError
+    from pefteval.methods import apply_method
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    with pytest.raises(UserError, match="no bias terms"):
+        apply_method(model, BitFitMethod(type="bitfit"), 4, True, task_kind="generation")

@@ -219,8 +219,12 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
         header_notes.append("Per method and task, the grid point with the best mean validation score (accuracy; F1 "
                             "for QA) is selected; the validation set is held out from the training data, never the "
                             "test set.")
-        header_notes.append("A new task head trains under every method and is counted in 'Trainable'; "
-                            "'%' is relative to the pretrained model with its head.")
+        if any(r["params"].get("head", 0) for r in records):
+            header_notes.append("A new task head trains under every method and is counted in 'Trainable'; "
+                                "'%' is relative to the pretrained model with its head.")
+        else:
+            header_notes.append("No new head: decoders answer with their own LM head; '%' is relative to the "
+                                "pretrained model.")
         header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
                             f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded); "
                             "'Peak MB' is the mean peak resident memory of a trial's own process.")
