@@ -7,7 +7,7 @@ DATA_DIR ?= $(wildcard ../shared/data)
 OUT ?= out/quickstart
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo test lint bench bench-qa clean
+.PHONY: setup demo test lint bench bench-qa bench-gen clean
 
 $(BIN)/pefteval: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: setup
 
 bench-qa: setup
 	$(BIN)/python benchmarks/qa_throughput.py $(DATA_FLAG)
+
+bench-gen: setup
+	$(BIN)/python benchmarks/generation_throughput.py --matched $(DATA_FLAG)
 
 clean:
 	rm -rf $(VENV) out

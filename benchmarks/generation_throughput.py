@@ -80,7 +80,11 @@ def trainer_run(base, train, tokenizer, bf16: bool, grouped: bool) -> float:
 
     from pefteval.methods.peft_methods import build_peft_config, peft_task_type
 
-    model = get_peft_model(copy.deepcopy(base), build_peft_config(LORA, 1, peft_task_type("generation", True)))
+    plain = copy.deepcopy(base)
+    # the GGUF file was dequantised to full-precision tensors on load; the Trainer only sees the
+    # "gguf" quantizer tag and refuses to train, so drop it (the weights are ordinary tensors)
+    plain.hf_quantizer, plain.is_quantized = None, False
+    model = get_peft_model(plain, build_peft_config(LORA, 1, peft_task_type("generation", True)))
     rows = [dict(f) for f in train.features]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=HP["batch_size"], learning_rate=HP["lr"],
