@@ -195,3 +195,15 @@ def test_load_config_roundtrip_and_error_names_file(tmp_path):
     assert "methods[0].target_module" in str(info.value) and "target_modules" in str(info.value)
     path.write_text(yaml.safe_dump(base(seeds=[7, 8])))
     assert load_config(path).seeds == [7, 8]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_plans(path):
+    from pefteval.plan import plan_trials
+    from pefteval.tasks import TASKS
+
+    exp = load_config(path)
+    assert all(t in TASKS for t in exp.tasks)
+    trials = plan_trials(exp, "local")
+    assert len(trials) >= len(exp.tasks) * len(exp.methods) * len(exp.seeds)
+    assert len({t.key for t in trials}) == len(trials)
