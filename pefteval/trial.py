@@ -45,9 +45,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def complete_record(config: dict[str, Any], started: float, applied: Any, result: Any,
+                    **fields: Any) -> dict[str, Any]:
+    """A finished trial's record: what every kind of trial reports (parameter counts, training
+    curve and time, memory, environment) plus its own ``fields`` (metrics, notes, ...)."""
+    import torch
+
+    return {
+        "key": config.get("key"),
+        "status": "complete",
+        "curve": result.curve,
+        "best_epoch": result.best_epoch,
+        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
+                   "base": applied.base_params, "head": applied.head_params},
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        **fields,
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "versions": package_versions(),
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
               progress: ProgressFn | None = None) -> dict[str, Any]:
-    import torch
     from pydantic import TypeAdapter
 
     from pefteval.config import DataConfig, MethodConfig
@@ -89,27 +112,13 @@ def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     eval_seconds = time.perf_counter() - eval_started
     if config.get("save_weights", True):
         save_trainable(model, run_dir)
-    return {
-        "key": config.get("key"),
-        "status": "complete",
-        "metrics": metrics,
-        "curve": result.curve,
-        "best_epoch": result.best_epoch,
-        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
-                   "base": applied.base_params, "head": applied.head_params},
-        "train_examples": len(splits.train),
-        "train_source": splits.train_source,
-        "train_seconds": result.train_seconds,
-        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
-        "eval_seconds": eval_seconds,
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": peak_rss_mb(),
-        "notes": splits.notes + applied.notes,
-        "is_decoder": is_decoder,
-        "versions": package_versions(),
-        "device": device_description(),
-        "threads": torch.get_num_threads(),
-    }
+    return complete_record(config, started, applied, result,
+                           metrics=metrics,
+                           train_examples=len(splits.train),
+                           train_source=splits.train_source,
+                           eval_seconds=eval_seconds,
+                           notes=splits.notes + applied.notes,
+                           is_decoder=is_decoder)
 
 
 def save_trainable(model: Any, run_dir: Path) -> None:
@@ -153,7 +162,6 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     """Reading comprehension: extractive span prediction with an encoder, generated answers with a
     decoder; validation F1 selects the epoch; every clean and adversarial split is scored with
     SQuAD EM/F1, and model-dependent attacks (AddAny) are generated against the trained model."""
-    import torch
     from pydantic import TypeAdapter
 
     from pefteval.adversarial.squad import generated_set
@@ -208,30 +216,16 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     atomic_write_json(run_dir / "predictions.json", predictions)
     if config.get("save_weights", True):
         save_trainable(applied.model, run_dir)
-    return {
-        "key": config.get("key"),
-        "status": "complete",
-        "metrics": metrics,
-        "curve": result.curve,
-        "best_epoch": result.best_epoch,
-        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
-                   "base": applied.base_params, "head": applied.head_params},
-        "train_examples": len(splits.train),
-        "train_features": len(train),
-        "train_source": splits.train_source,
-        "train_seconds": result.train_seconds,
-        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
-        "eval_seconds": eval_seconds,
-        "attack_seconds": attack_seconds,
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": peak_rss_mb(),
-        "notes": splits.notes + applied.notes,
-        "is_decoder": is_decoder,
-        "qa_mode": "generative" if is_decoder else "extractive",
-        "versions": package_versions(),
-        "device": device_description(),
-        "threads": torch.get_num_threads(),
-    }
+    return complete_record(config, started, applied, result,
+                           metrics=metrics,
+                           train_examples=len(splits.train),
+                           train_features=len(train),
+                           train_source=splits.train_source,
+                           eval_seconds=eval_seconds,
+                           attack_seconds=attack_seconds,
+                           notes=splits.notes + applied.notes,
+                           is_decoder=is_decoder,
+                           qa_mode="generative" if is_decoder else "extractive")
 
 
 def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
@@ -239,7 +233,6 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     """Instruction-style generation (GSM8K, SQL, ViGGO) with a decoder LM: the loss is on the
     target tokens; validation and test are scored on greedy generations (left-padded batches,
     KV cache, ``max_new_tokens`` cap) with the task's metric, which also selects the epoch."""
-    import torch
     from pydantic import TypeAdapter
 
     from pefteval.config import DataConfig, MethodConfig
@@ -295,28 +288,14 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     atomic_write_json(run_dir / "predictions.json", predictions)
     if config.get("save_weights", True):
         save_trainable(applied.model, run_dir)
-    return {
-        "key": config.get("key"),
-        "status": "complete",
-        "metrics": metrics,
-        "curve": result.curve,
-        "best_epoch": result.best_epoch,
-        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
-                   "base": applied.base_params, "head": applied.head_params},
-        "train_examples": len(train),
-        "train_source": splits.train_source,
-        "train_seconds": result.train_seconds,
-        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
-        "eval_seconds": eval_seconds,
-        "eval_examples_per_second": len(splits.test) / max(eval_seconds, 1e-9),
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": peak_rss_mb(),
-        "notes": notes + applied.notes,
-        "is_decoder": True,
-        "versions": package_versions(),
-        "device": device_description(),
-        "threads": torch.get_num_threads(),
-    }
+    return complete_record(config, started, applied, result,
+                           metrics=metrics,
+                           train_examples=len(train),
+                           train_source=splits.train_source,
+                           eval_seconds=eval_seconds,
+                           eval_examples_per_second=len(splits.test) / max(eval_seconds, 1e-9),
+                           notes=notes + applied.notes,
+                           is_decoder=True)
 
 
 FEWSHOT_MAX_VALIDATION_PER_CLASS = 16
@@ -356,7 +335,6 @@ def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Pa
     examples per class drawn by the seed; every input is one demonstration per class followed by
     the query; the loss is cross-entropy over the label words' logits at the label position and
     prediction is their argmax (no new head)."""
-    import torch
     from pydantic import TypeAdapter
 
     from pefteval.config import MethodConfig
@@ -425,25 +403,11 @@ def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Pa
                        "train_sample": [{"text": x.text_a, "label": x.label} for x in train_ex]})
     if config.get("save_weights", True):
         save_trainable(applied.model, run_dir)
-    return {
-        "key": config.get("key"),
-        "status": "complete",
-        "metrics": metrics,
-        "curve": result.curve,
-        "best_epoch": result.best_epoch,
-        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
-                   "base": applied.base_params, "head": applied.head_params},
-        "k_shot": k,
-        "train_examples": len(train_ex),
-        "train_source": "train",
-        "train_seconds": result.train_seconds,
-        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
-        "eval_seconds": eval_seconds,
-        "wall_seconds": time.time() - started,
-        "peak_rss_mb": peak_rss_mb(),
-        "notes": notes + applied.notes,
-        "is_decoder": True,
-        "versions": package_versions(),
-        "device": device_description(),
-        "threads": torch.get_num_threads(),
-    }
+    return complete_record(config, started, applied, result,
+                           metrics=metrics,
+                           k_shot=k,
+                           train_examples=len(train_ex),
+                           train_source="train",
+                           eval_seconds=eval_seconds,
+                           notes=notes + applied.notes,
+                           is_decoder=True)

@@ -5,7 +5,6 @@ plot, and one tiny k-shot sweep through the CLI on a random LLaMA."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -93,28 +92,10 @@ def test_crossing_wording_when_fft_always_ahead_or_never():
     assert build_table(never).data_scaling.crossing() == "FFT does not overtake LoRA in the k range run"
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory, minilm_path) -> Path:
-    """A tiny random LlamaForCausalLM with the MiniLM tokenizer (its label words are single tokens)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    tok.eos_token = "[SEP]"
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_lm")
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.integration
-def test_k_shot_sweep_through_the_cli(tmp_path, tiny_lm, tiny_bert_dir):
+def test_k_shot_sweep_through_the_cli(tmp_path, tiny_llama_dir, tiny_bert_dir):
     data = write_sst2_layout(tmp_path / "data", n_train=80, n_dev=24)
-    cfg = {"name": "ks", "model": str(tiny_lm), "tasks": ["sst2"], "seeds": [0, 1],
+    cfg = {"name": "ks", "model": str(tiny_llama_dir), "tasks": ["sst2"], "seeds": [0, 1],
            "training": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "max_seq_length": 96, "precision": "fp32"},
            "data": {"k_shot": [2, 4]},
            "methods": [{"type": "fft"}, {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}]}

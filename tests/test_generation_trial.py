@@ -17,23 +17,6 @@ from pefteval.tasks.generation import GenExample
 from .conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, minilm_path) -> Path:
-    """A tiny random LlamaForCausalLM with the packaged MiniLM tokenizer ([SEP] as end of sequence)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    tok.eos_token = "[SEP]"
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_labels_cover_only_the_target_and_long_prompts_are_left_out(tiny_llama_dir):
     from transformers import AutoTokenizer
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefteval.metrics import mean_std
+from pefteval.report.fmt import mean_std_cell
 
 FORMATS = ("markdown", "csv", "latex")
 
@@ -262,11 +263,6 @@ def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _ms(pair: tuple[float, float]) -> str:
-    mean, std = pair
-    if math.isnan(mean):
-        return "–"
-    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
 
 
 def _count(values: list[int]) -> str:
@@ -303,7 +299,7 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
         line = [row.method]
         for task in table.tasks:
             cell = row.cells.get(task)
-            line += [_ms(cell.orig), _ms(cell.adv)] if cell else ["–", "–"]
+            line += [mean_std_cell(cell.orig), mean_std_cell(cell.adv)] if cell else ["–", "–"]
         avg_o, avg_a = table.averages(row)
         peak = _mean(row.peak_rss_mb)
         line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",

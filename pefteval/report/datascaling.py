@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.metrics import mean_std
+from pefteval.report.fmt import mean_std_cell, save_figure
 
 
 @dataclass
@@ -104,13 +105,6 @@ def build_data_scaling(records: list[dict[str, Any]], sel: Any, labels: list[str
     return table
 
 
-def _ms(pair: tuple[float, float] | None) -> str:
-    if pair is None or math.isnan(pair[0]):
-        return "–"
-    mean, std = pair
-    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
-
-
 def data_scaling_rows(table: DataScalingTable) -> tuple[list[str], list[list[str]]]:
     header = ["Method", "k", *table.tasks, "Average"]
     body = []
@@ -118,8 +112,8 @@ def data_scaling_rows(table: DataScalingTable) -> tuple[list[str], list[list[str
         for k in table.ks:
             if not any((method, t, k) in table.scores for t in table.tasks):
                 continue
-            body.append([method, str(k), *[_ms(table.scores.get((method, t, k))) for t in table.tasks],
-                         _ms(table.average(method, k))])
+            body.append([method, str(k), *[mean_std_cell(table.scores.get((method, t, k))) for t in table.tasks],
+                         mean_std_cell(table.average(method, k))])
     return header, body
 
 
@@ -167,10 +161,4 @@ def plot_data_scaling(table: DataScalingTable, path: Path) -> Path:
     ax.set_ylabel(f"average accuracy (%) over {', '.join(table.tasks)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefteval.metrics import mean_std
+from pefteval.report.fmt import mean_std_cell
 
 SECONDARY = {"sql": (("exact_match", "exact match"),),
              "viggo": (("slot_precision", "slot P"), ("slot_recall", "slot R"), ("slot_f1", "slot F1"))}
@@ -44,13 +45,6 @@ def build_generation(sel: Any, tasks: list[str]) -> GenTable | None:
     return table
 
 
-def _ms(pair: tuple[float, float] | None) -> str:
-    if pair is None or math.isnan(pair[0]):
-        return "–"
-    mean, std = pair
-    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
-
-
 def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[str]]) -> tuple[list[str],
                                                                                                list[list[str]]]:
     """Main table: method, one column per task, average, then the ``extra`` columns per method."""
@@ -61,7 +55,7 @@ def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[s
             continue
         cells = table.scores[method]
         avg = table.average(method)
-        body.append([method, *[_ms(cells[t]["accuracy"]) if t in cells else "–" for t in table.tasks],
+        body.append([method, *[mean_std_cell(cells[t]["accuracy"]) if t in cells else "–" for t in table.tasks],
                      "–" if math.isnan(avg) else f"{100 * avg:.2f}", *extra[method]])
     return header, body
 
@@ -71,7 +65,7 @@ def secondary_rows(table: GenTable, methods: list[str]) -> tuple[list[str], list
     if not cols:
         return None
     header = ["Method", *[c[2] for c in cols]]
-    body = [[m, *[_ms(table.scores[m].get(t, {}).get(k)) for t, k, _ in cols]] for m in methods
+    body = [[m, *[mean_std_cell(table.scores[m].get(t, {}).get(k)) for t, k, _ in cols]] for m in methods
             if m in table.scores]
     return header, body
 

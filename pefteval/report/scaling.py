@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.metrics import mean_std
+from pefteval.report.fmt import mean_std_cell, save_figure
 
 
 @dataclass
@@ -104,17 +105,10 @@ def build_scaling(records: list[dict[str, Any]], sel: Any, tasks: list[str],
     return ScalingTable(columns, rows, panels)
 
 
-def _ms(pair: tuple[float, float] | None) -> str:
-    if pair is None or math.isnan(pair[0]):
-        return "–"
-    mean, std = pair
-    return f"{100 * mean:.2f} ({'–' if math.isnan(std) else f'{100 * std:.2f}'})"
-
-
 def scaling_rows(table: ScalingTable) -> tuple[list[str], list[list[str]]]:
     header = ["Setting", "Method", "Trainable", *table.columns]
-    body = [[f"{r.family}: {r.setting}", r.method, f"{r.trainable:,}", *[_ms(r.scores.get(c)) for c in table.columns]]
-            for r in table.rows]
+    body = [[f"{r.family}: {r.setting}", r.method, f"{r.trainable:,}",
+             *[mean_std_cell(r.scores.get(c)) for c in table.columns]] for r in table.rows]
     return header, body
 
 
@@ -159,10 +153,4 @@ def plot_scaling(table: ScalingTable, path: Path) -> Path:
         ax.set_title(title, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -119,6 +119,20 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def hold_out_validation(pool: list[Any], cfg: Any) -> tuple[list[Any], list[Any]]:
+    """(validation, train) from an already shuffled training pool: ``validation_size`` (a
+    fraction below 1, else a count) capped at ``max_validation_examples`` and leaving at least
+    one example each side; train is the rest, capped at ``max_train_examples``."""
+    n_val = int(cfg.validation_size * len(pool)) if cfg.validation_size < 1 else int(cfg.validation_size)
+    if cfg.max_validation_examples is not None:
+        n_val = min(n_val, cfg.max_validation_examples)
+    n_val = max(1, min(n_val, len(pool) - 1))
+    validation, train = pool[:n_val], pool[n_val:]
+    if cfg.max_train_examples is not None:
+        train = train[: cfg.max_train_examples]
+    return validation, train
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """--data-dir, else $PEFTEVAL_DATA_DIR, else None (read from the hub)."""
     chosen = data_dir if data_dir is not None else os.environ.get("PEFTEVAL_DATA_DIR") or None

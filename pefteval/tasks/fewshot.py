@@ -434,18 +434,12 @@ FEWSHOT_TASKS = ("sst2", "trec", "agnews", "emoc", "amazon")
 
 def make_classification_splits(name: str, data_dir: Path | None, cfg: Any) -> Any:
     """Train (the pool minus a held-out validation part), validation and test, fixed by split_seed."""
-    from pefteval.tasks import TaskSplits
+    from pefteval.tasks import TaskSplits, hold_out_validation
 
     raw = load_fewshot(name, data_dir, cfg.split_seed)
     pool = list(raw["train_pool"])
     random.Random(cfg.split_seed).shuffle(pool)
-    n_val = int(cfg.validation_size * len(pool)) if cfg.validation_size < 1 else int(cfg.validation_size)
-    if cfg.max_validation_examples is not None:
-        n_val = min(n_val, cfg.max_validation_examples)
-    n_val = max(1, min(n_val, len(pool) - 1))
-    validation, train = pool[:n_val], pool[n_val:]
-    if cfg.max_train_examples is not None:
-        train = train[: cfg.max_train_examples]
+    validation, train = hold_out_validation(pool, cfg)
     test = raw["test"]
     notes = list(raw["notes"])
     if cfg.max_eval_examples is not None and cfg.max_eval_examples < len(test):

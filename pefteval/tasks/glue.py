@@ -27,7 +27,7 @@ from typing import Any
 
 from pefteval.config import DataConfig
 from pefteval.errors import DataError
-from pefteval.tasks import ClassificationTask, Example, TaskSplits, register
+from pefteval.tasks import ClassificationTask, Example, TaskSplits, hold_out_validation, register
 
 
 @dataclass(frozen=True)
@@ -256,13 +256,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
             notes.append(f"{spec.display}: dropped {len(pool) - len(kept)} training examples sharing a sentence "
                          "with an AdvGLUE item")
         pool = kept
-    n_val = int(cfg.validation_size * len(pool)) if cfg.validation_size < 1 else int(cfg.validation_size)
-    if cfg.max_validation_examples is not None:
-        n_val = min(n_val, cfg.max_validation_examples)
-    n_val = max(1, min(n_val, len(pool) - 1))
-    validation, train = pool[:n_val], pool[n_val:]
-    if cfg.max_train_examples is not None:
-        train = train[: cfg.max_train_examples]
+    validation, train = hold_out_validation(pool, cfg)
     adv = adversarial
     if cfg.max_eval_examples is not None:
         cap = cfg.max_eval_examples

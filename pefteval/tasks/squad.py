@@ -26,7 +26,7 @@ from typing import Any
 
 from pefteval.config import DataConfig
 from pefteval.errors import DataError
-from pefteval.tasks import QAExample, QATask, TaskSplits, register, source_id
+from pefteval.tasks import QAExample, QATask, TaskSplits, hold_out_validation, register, source_id
 
 TRAIN_FILE = "squad/train-v1.1.reconstructed.json"
 DEV_FILE = "squad/dev-v1.1.json"
@@ -135,13 +135,7 @@ def make_splits(train_source: list[QAExample], dev: list[QAExample], adversarial
                 cfg: DataConfig, data_dir: Path | None) -> TaskSplits:
     notes: list[str] = []
     pool = _shuffled(train_source, cfg.split_seed)
-    n_val = int(cfg.validation_size * len(pool)) if cfg.validation_size < 1 else int(cfg.validation_size)
-    if cfg.max_validation_examples is not None:
-        n_val = min(n_val, cfg.max_validation_examples)
-    n_val = max(1, min(n_val, len(pool) - 1))
-    validation, train = pool[:n_val], pool[n_val:]
-    if cfg.max_train_examples is not None:
-        train = train[: cfg.max_train_examples]
+    validation, train = hold_out_validation(pool, cfg)
     test = dev
     if cfg.max_eval_examples is not None:
         validation = validation[: cfg.max_eval_examples]
