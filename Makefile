@@ -7,7 +7,7 @@ DATA_DIR ?= $(wildcard ../shared/data)
 OUT ?= out/quickstart
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
-.PHONY: setup demo test lint bench bench-qa bench-gen clean
+.PHONY: setup browser demo test lint bench bench-qa bench-gen clean
 
 $(BIN)/pefteval: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ setup: $(BIN)/pefteval
 demo: setup
 	$(BIN)/pefteval run configs/quickstart.yaml --out $(OUT) $(DATA_FLAG)
 
-test: setup
+# Debian's chromium for the HTML report's browser test (installed when missing and apt-get can run)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed; the browser test of the HTML report will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

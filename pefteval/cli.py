@@ -93,13 +93,15 @@ def run(
     (out / "experiment.yaml").write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
                f"results in {out}", err=True)
-    summary = run_trials(trials, out, data_path, exp.name)
+    summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump())
     typer.echo(f"ran {summary.completed} trial(s), skipped {summary.skipped} already complete, "
                f"{len(summary.failed)} failed", err=True)
     for trial, error in summary.failed:
         typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
+    _run_analyses(out, exp.analyses.run)
     try:
         typer.echo(_write_report(out, "markdown"))
+        _write_report(out, "html")
     except UserError as err:  # nothing complete yet: say so, but keep the sweep's own exit status
         typer.echo(f"no report: {err}", err=True)
     if summary.interrupted:
@@ -107,6 +109,18 @@ def run(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _run_analyses(out: Path, names: list[str]) -> None:
+    """The experiment's ``analyses``; one that cannot run says why and the others still run."""
+    from pefteval.analysis import run_analysis
+
+    for name in names:
+        try:
+            result = run_analysis(name, out)
+            typer.echo(f"analysis {name}: {out / 'analysis' / name}.md ({result.seconds:.1f} s)", err=True)
+        except UserError as err:
+            typer.echo(f"analysis {name} skipped: {err}", err=True)
 
 
 def _write_report(out: Path, fmt: str) -> str:
@@ -122,8 +136,13 @@ def _write_report(out: Path, fmt: str) -> str:
     if not records:
         raise UserError(f"{path} holds no complete trials yet")
     table = build_table(records, failed)
-    text = render(table, fmt)
-    suffix = {"markdown": "md", "csv": "csv", "latex": "tex"}[fmt]
+    if fmt == "html":
+        from pefteval.report.html import render_html
+
+        text = render_html(out, render(table, "markdown"), records)
+    else:
+        text = render(table, fmt)
+    suffix = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
     atomic_write_text(out / f"report.{suffix}", text)
     if table.scaling is not None:
         from pefteval.report.scaling import plot_scaling
@@ -140,14 +159,40 @@ def _write_report(out: Path, fmt: str) -> str:
 @user_errors
 def report(
     out: Path = typer.Argument(..., help="results directory of `pefteval run`"),
-    fmt: str = typer.Option("markdown", "--format", help="markdown, csv or latex"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown, csv, latex or html (one self-contained page "
+                            "with the tables, the computed analyses and their figures)"),
 ) -> None:
     """Rebuild the comparison table from OUT/results.sqlite (no retraining)."""
     from pefteval.report import FORMATS
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    typer.echo(_write_report(out, fmt), nl=False)
+    if fmt not in (*FORMATS, "html"):
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join((*FORMATS, 'html'))}")
+    text = _write_report(out, fmt)
+    if fmt == "html":
+        typer.echo(f"wrote {out / 'report.html'} ({len(text) / 1024:.0f} KiB, images embedded)")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@user_errors
+def analyze(
+    name: str = typer.Argument(..., help="increments, spectrum, bound or sensitivity"),
+    out: Path = typer.Argument(..., help="results directory of `pefteval run`"),
+    module: Optional[str] = typer.Option(None, "--module", help="increments: regular expression on module names "
+                                         "(default: the last block's query projection)"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
+) -> None:
+    """Weight-space diagnostics of OUT's trained models (no retraining); figures and tables go to OUT/analysis/."""
+    from pefteval.analysis import run_analysis
+
+    if fmt not in ("markdown", "csv"):
+        raise UserError(f"--format {fmt!r}: choose markdown or csv")
+    if module is not None and name != "increments":
+        raise UserError("--module applies to `analyze increments` only")
+    result = run_analysis(name, out, module)
+    typer.echo(result.markdown() if fmt == "markdown" else result.csv(), nl=False)
+    typer.echo(f"wrote {out / 'analysis' / name}.md, .csv" + "".join(f", {p}" for p in result.figures), err=True)
 
 
 @app.command("list")

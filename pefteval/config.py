@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pefteval.errors import ConfigError
 
@@ -234,6 +234,51 @@ class DataOverride(_Strict):
     k_shot: int | list[int] | None = None
 
 
+ANALYSIS_NAMES = ("increments", "spectrum", "bound", "sensitivity")
+
+
+class AnalysisConfig(_Strict):
+    """Weight-space diagnostics (``pefteval analyze``): which run after the sweep, and what
+    training saves for them. A plain list (``analyses: [increments, spectrum]``) sets ``run``."""
+
+    run: list[Literal["increments", "spectrum", "bound", "sensitivity"]] = Field(default_factory=list)
+    # save increments.json, increments.safetensors and probe.safetensors with every trial
+    capture: bool = True
+    # regular expressions on module names (e.g. 'layer\\.0\\..*query') whose full increments are
+    # saved besides the default module (the last block's query projection)
+    increment_modules: list[str] = Field(default_factory=list)
+    probe_examples: int = Field(32, ge=1)  # validation examples saved for the model-based analyses
+    sensitivity_examples: int = Field(16, ge=1)  # of those, the batch of the sensitivity analysis
+    rho: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
+    draws: int = Field(8, ge=2)
+    power_iterations: int = Field(20, ge=1)
+    power_tol: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_form(cls, value: Any) -> Any:
+        return {"run": value} if isinstance(value, list) else value
+
+    @field_validator("increment_modules")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression: {err}") from None
+        return patterns
+
+    @field_validator("rho")
+    @classmethod
+    def _positive_rho(cls, rho: list[float]) -> list[float]:
+        if any(r <= 0 for r in rho):
+            raise ValueError("perturbation sizes rho must be > 0")
+        return rho
+
+
 class ExperimentConfig(_Strict):
     name: str
     model: str
@@ -244,6 +289,7 @@ class ExperimentConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     save_weights: bool = True
+    analyses: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
     @field_validator("tasks")
     @classmethod

@@ -80,6 +80,8 @@ class Progress:
                        f" validation {event['metric']} {event['validation']:.4f}", final=True)
         elif kind == "evaluate" and self.tty:
             self._emit(f"{head} | evaluating")
+        elif kind == "analyse" and self.tty:
+            self._emit(f"{head} | saving weights and increments, per-model analyses")
         elif kind == "attack":
             self._emit(f"{head} | generating {event['attack']} against the trained model "
                        f"({event['questions']} source questions)", final=not self.tty)
@@ -102,13 +104,15 @@ def _headline(metrics: dict[str, Any]) -> str:
     return f"EM/F1 {metrics[prefix + 'exact_match']:.3f}/{metrics[prefix + 'f1']:.3f}"
 
 
-def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress) -> dict[str, Any]:
+def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
+            analysis: dict[str, Any] | None = None) -> dict[str, Any]:
     from pefteval.worker import context, trial_main
 
     if run_dir.exists():
         shutil.rmtree(run_dir)  # leftovers of an interrupted or failed attempt
     run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key})
+    # the analysis options ride along outside the trial's identity: they never change training
+    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": analysis or {}})
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))
@@ -136,7 +140,7 @@ def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progre
 
 
 def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experiment: str,
-               stream: TextIO | None = None) -> SweepSummary:
+               stream: TextIO | None = None, analysis: dict[str, Any] | None = None) -> SweepSummary:
     summary = SweepSummary(planned=len(trials))
     with ResultStore(out_dir / "results.sqlite") as store:
         done = store.complete_keys()
@@ -147,7 +151,7 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
             for i, trial in enumerate(todo, start=1):
                 progress.start(i, trial)
                 run_dir = run_dir_for(out_dir, trial)
-                record = run_one(trial, run_dir, data_dir, progress)
+                record = run_one(trial, run_dir, data_dir, progress, analysis)
                 record.update(key=trial.key, config=trial.config, experiment=experiment,
                               run_dir=str(run_dir.relative_to(out_dir)))
                 store.put(record)

@@ -71,8 +71,11 @@ def complete_record(config: dict[str, Any], started: float, applied: Any, result
 
 def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
               progress: ProgressFn | None = None) -> dict[str, Any]:
+    import torch
     from pydantic import TypeAdapter
 
+    from pefteval.analysis.capture import analysis_options
+    from pefteval.analysis.probe import make_probe
     from pefteval.config import DataConfig, MethodConfig
     from pefteval.methods import apply_method
     from pefteval.metrics import accuracy
@@ -92,6 +95,7 @@ def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
         return run_fewshot_trial(config, data_dir, run_dir, progress)
     splits = task.loader(data_dir, DataConfig(**config["data"]))
     method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    rng_state = torch.get_rng_state()
     model, tokenizer, is_decoder = load_for_classification(config["model"], task.num_labels, list(task.label_names))
     total_steps = steps_per_epoch(len(splits.train), hp["batch_size"]) * hp["epochs"]
     applied = apply_method(model, method, total_steps, is_decoder)
@@ -110,15 +114,28 @@ def run_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
         preds = predict(model, data, pad_id, hp["eval_batch_size"], hp["precision"])
         metrics[name] = {"accuracy": accuracy(preds, data.labels), "n": len(data)}
     eval_seconds = time.perf_counter() - eval_started
-    if config.get("save_weights", True):
-        save_trainable(model, run_dir)
-    return complete_record(config, started, applied, result,
-                           metrics=metrics,
-                           train_examples=len(splits.train),
-                           train_source=splits.train_source,
-                           eval_seconds=eval_seconds,
-                           notes=splits.notes + applied.notes,
-                           is_decoder=is_decoder)
+    record = complete_record(config, started, applied, result,
+                             metrics=metrics,
+                             train_examples=len(splits.train),
+                             train_source=splits.train_source,
+                             eval_seconds=eval_seconds,
+                             notes=splits.notes + applied.notes,
+                             is_decoder=is_decoder)
+    val = encoded["validation"]
+    probe = make_probe(val.features, pad_id, val.labels, analysis_options(config).probe_examples)
+    return finish(record, config, model, run_dir, probe, rng_state, progress)
+
+
+def finish(record: dict[str, Any], config: dict[str, Any], model: Any, run_dir: Path, probe: Any,
+           rng_state: Any, progress: ProgressFn | None) -> dict[str, Any]:
+    """Save the trained tensors and what the weight analyses read, after the record (and its
+    peak memory) is taken, so analysis work never counts as the method's cost."""
+    from pefteval.analysis.capture import finish_trial
+
+    if progress is not None:
+        progress({"event": "analyse"})
+    record["analysis_seconds"] = finish_trial(config, model, run_dir, probe, rng_state, save_trainable)
+    return record
 
 
 def save_trainable(model: Any, run_dir: Path) -> None:
@@ -162,9 +179,12 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     """Reading comprehension: extractive span prediction with an encoder, generated answers with a
     decoder; validation F1 selects the epoch; every clean and adversarial split is scored with
     SQuAD EM/F1, and model-dependent attacks (AddAny) are generated against the trained model."""
+    import torch
     from pydantic import TypeAdapter
 
     from pefteval.adversarial.squad import generated_set
+    from pefteval.analysis.capture import analysis_options
+    from pefteval.analysis.probe import make_probe
     from pefteval.config import AttackConfig, DataConfig, MethodConfig
     from pefteval.methods import apply_method
     from pefteval.metrics import squad_metrics
@@ -179,6 +199,7 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
     data_cfg = DataConfig(**config["data"])
     splits = task.loader(data_dir, data_cfg)
     method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    rng_state = torch.get_rng_state()
     model, tokenizer, is_decoder = load_qa_model(config["model"])
     if is_decoder:
         train = prepare_generative_train(splits.train, tokenizer, hp["max_seq_length"])
@@ -214,18 +235,23 @@ def run_qa_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
         predictions[name] = {x.id: p for x, p in zip(examples, preds)}
     eval_seconds = time.perf_counter() - eval_started - attack_seconds
     atomic_write_json(run_dir / "predictions.json", predictions)
-    if config.get("save_weights", True):
-        save_trainable(applied.model, run_dir)
-    return complete_record(config, started, applied, result,
-                           metrics=metrics,
-                           train_examples=len(splits.train),
-                           train_features=len(train),
-                           train_source=splits.train_source,
-                           eval_seconds=eval_seconds,
-                           attack_seconds=attack_seconds,
-                           notes=splits.notes + applied.notes,
-                           is_decoder=is_decoder,
-                           qa_mode="generative" if is_decoder else "extractive")
+    record = complete_record(config, started, applied, result,
+                             metrics=metrics,
+                             train_examples=len(splits.train),
+                             train_features=len(train),
+                             train_source=splits.train_source,
+                             eval_seconds=eval_seconds,
+                             attack_seconds=attack_seconds,
+                             notes=splits.notes + applied.notes,
+                             is_decoder=is_decoder,
+                             qa_mode="generative" if is_decoder else "extractive")
+    n = analysis_options(config).probe_examples
+    if is_decoder:
+        probe_data = prepare_generative_train(splits.validation[:n], tokenizer, hp["max_seq_length"])
+    else:
+        probe_data = prepare_train_windows(splits.validation[:n], tokenizer, hp["max_seq_length"], hp["doc_stride"])
+    probe = make_probe(probe_data.features, tokenizer.pad_token_id, None, n)
+    return finish(record, config, applied.model, run_dir, probe, rng_state, progress)
 
 
 def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Path,
@@ -233,8 +259,11 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     """Instruction-style generation (GSM8K, SQL, ViGGO) with a decoder LM: the loss is on the
     target tokens; validation and test are scored on greedy generations (left-padded batches,
     KV cache, ``max_new_tokens`` cap) with the task's metric, which also selects the epoch."""
+    import torch
     from pydantic import TypeAdapter
 
+    from pefteval.analysis.capture import analysis_options
+    from pefteval.analysis.probe import make_probe
     from pefteval.config import DataConfig, MethodConfig
     from pefteval.errors import UserError
     from pefteval.gen_metrics import score_generation
@@ -250,6 +279,7 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     task = get_task(config["task"])
     splits = task.loader(data_dir, DataConfig(**config["data"]))
     method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
+    rng_state = torch.get_rng_state()
     model, tokenizer, is_decoder = load_qa_model(config["model"])
     if not is_decoder:
         raise UserError(f"task {task.name} generates text and needs a decoder language model (e.g. smollm2-135m "
@@ -286,16 +316,18 @@ def run_generation_trial(config: dict[str, Any], data_dir: Path | None, run_dir:
     predictions["test"] = {x.id: {"prediction": p, "target": x.target} for x, p in zip(splits.test, preds)}
     eval_seconds = time.perf_counter() - eval_started
     atomic_write_json(run_dir / "predictions.json", predictions)
-    if config.get("save_weights", True):
-        save_trainable(applied.model, run_dir)
-    return complete_record(config, started, applied, result,
-                           metrics=metrics,
-                           train_examples=len(train),
-                           train_source=splits.train_source,
-                           eval_seconds=eval_seconds,
-                           eval_examples_per_second=len(splits.test) / max(eval_seconds, 1e-9),
-                           notes=notes + applied.notes,
-                           is_decoder=True)
+    record = complete_record(config, started, applied, result,
+                             metrics=metrics,
+                             train_examples=len(train),
+                             train_source=splits.train_source,
+                             eval_seconds=eval_seconds,
+                             eval_examples_per_second=len(splits.test) / max(eval_seconds, 1e-9),
+                             notes=notes + applied.notes,
+                             is_decoder=True)
+    n = analysis_options(config).probe_examples
+    probe_data, _ = prepare_lm_train(splits.validation[:n], tokenizer, hp["max_seq_length"])
+    probe = make_probe(probe_data.features, tokenizer.pad_token_id, None, n)
+    return finish(record, config, applied.model, run_dir, probe, rng_state, progress)
 
 
 FEWSHOT_MAX_VALIDATION_PER_CLASS = 16
@@ -335,8 +367,11 @@ def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Pa
     examples per class drawn by the seed; every input is one demonstration per class followed by
     the query; the loss is cross-entropy over the label words' logits at the label position and
     prediction is their argmax (no new head)."""
+    import torch
     from pydantic import TypeAdapter
 
+    from pefteval.analysis.capture import analysis_options
+    from pefteval.analysis.probe import make_probe
     from pefteval.config import MethodConfig
     from pefteval.errors import UserError
     from pefteval.fewshot import encode_fewshot, fewshot_loss, predict_encoded
@@ -364,6 +399,7 @@ def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Pa
         test = random.Random(data.get("split_seed", 0)).sample(test, cap)
         notes.append(f"{spec.display}: test capped at {len(test)} of {len(raw['test'])} examples "
                      "(--max-eval-examples)")
+    rng_state = torch.get_rng_state()
     model, tokenizer, is_decoder = load_qa_model(config["model"])
     if not is_decoder:
         raise UserError(f"prompt-based few-shot (data.k_shot) scores label words with a decoder language model; "
@@ -401,13 +437,14 @@ def run_fewshot_trial(config: dict[str, Any], data_dir: Path | None, run_dir: Pa
                       {"test": [{"text": x.text_a, "label": x.label, "prediction": p}
                                 for x, p in zip(test, test_preds)],
                        "train_sample": [{"text": x.text_a, "label": x.label} for x in train_ex]})
-    if config.get("save_weights", True):
-        save_trainable(applied.model, run_dir)
-    return complete_record(config, started, applied, result,
-                           metrics=metrics,
-                           k_shot=k,
-                           train_examples=len(train_ex),
-                           train_source="train",
-                           eval_seconds=eval_seconds,
-                           notes=notes + applied.notes,
-                           is_decoder=True)
+    record = complete_record(config, started, applied, result,
+                             metrics=metrics,
+                             k_shot=k,
+                             train_examples=len(train_ex),
+                             train_source="train",
+                             eval_seconds=eval_seconds,
+                             notes=notes + applied.notes,
+                             is_decoder=True)
+    probe = make_probe(val.features, pad_id, None, analysis_options(config).probe_examples, loss="label_words",
+                       label_ids=list(label_ids))
+    return finish(record, config, applied.model, run_dir, probe, rng_state, progress)

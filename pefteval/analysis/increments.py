@@ -1,0 +1,155 @@
+"""The paper's Figure 1: the distribution of the learned increments per method.
+
+For LoRA and AdaLoRA the merged update B·A·scale of the chosen module, for FFT and top-k FFT the
+difference to the pretrained weight, for BitFit the difference of the module's bias, for IA3
+the effective update W0 ⊙ (l − 1), and for prefix/prompt tuning the learned prompt embeddings.
+A method that does not train the chosen module is listed as such."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from pefteval.analysis import AnalysisResult, Run, Section, cell, read_json
+from pefteval.analysis.weights import PROMPT_EMBEDDINGS, module_of, tensor_stats
+from pefteval.errors import UserError
+
+PROMPT_TYPES = ("prefix", "prompt", "p_tuning")
+STAT_KEYS = [("std", "Std"), ("kurtosis", "Excess kurtosis"), ("small_share", "Share below 1e-4·max"),
+             ("fro", "Frobenius"), ("spectral", "Spectral")]
+
+
+def _is_prompt(run: Run) -> bool:
+    cfg = run.record["config"]["method"]
+    return cfg.get("type") in PROMPT_TYPES or str(cfg.get("peft_type", "")).lower() in PROMPT_TYPES
+
+
+def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | None]:
+    """(what was taken, the increment values) for one trial; values None when the method left the
+    module untouched."""
+    from safetensors.torch import load_file
+
+    meta_path = run.dir / "increments.json"
+    if not meta_path.is_file():
+        raise UserError(f"{run.dir} has no increments.json: it was trained without analysis capture "
+                        "(analyses.capture: false, or an older pefteval); re-run the sweep to record it")
+    meta = read_json(meta_path)
+    full = load_file(str(run.dir / "increments.safetensors")) if (run.dir / "increments.safetensors").is_file() else {}
+    if _is_prompt(run):
+        return "prompt embeddings", full.get(PROMPT_EMBEDDINGS)
+    pattern = re.escape(meta["default_module"]) + "$" if module is None else module
+    names = [n for n in meta["modules"] if meta["modules"][n]["kind"] != "prompt"
+             and re.search(pattern, module_of(n))]
+    weights = [n for n in names if n.endswith(".weight")]
+    chosen = weights or [n for n in names if n.endswith(".bias")]
+    if not chosen:
+        return "not trained", None
+    what = "weight Δ" if weights else "bias Δ"
+    missing = [n for n in chosen if n not in full]
+    if missing:
+        full.update(_reconstruct(run, missing))
+    return what, torch.cat([full[n].flatten() for n in chosen])
+
+
+def _reconstruct(run: Run, names: list[str]) -> dict[str, torch.Tensor]:
+    """Increments of modules training did not save in full, from the saved trained tensors."""
+    from pefteval.analysis.capture import load_trained
+    from pefteval.analysis.weights import increments
+
+    model, base, _probe, _cfg = load_trained(run.dir)
+    deltas = increments(model, {n: p.detach() for n, p in base.named_parameters()})
+    return {n: deltas[n] for n in names if n in deltas}
+
+
+def analyse_increments(runs: list[Run], target: Path, module: str | None) -> AnalysisResult:
+    if module is not None:
+        try:
+            re.compile(module)
+        except re.error as err:
+            raise UserError(f"--module {module!r} is not a regular expression: {err}") from None
+    result = AnalysisResult("increments", "Learned increments (Figure 1)")
+    by_task: dict[str, dict[str, list[tuple[str, torch.Tensor | None, dict]]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        what, values = run_increment(run, module)
+        stats = {}
+        if values is not None:
+            stats = tensor_stats(values, singular_values=False)
+            stats["spectral"] = _spectral(run, module, values)
+        by_task[run.task][run.method].append((what, values, stats))
+    default = read_json(runs[0].dir / "increments.json")["default_module"] if runs else "?"
+    for task, methods in by_task.items():
+        rows = []
+        for method, items in methods.items():
+            trained = [s for _w, v, s in items if v is not None]
+            what = items[0][0]
+            if not trained:
+                rows.append([method, what, "–", *["–"] * len(STAT_KEYS)])
+                continue
+            n = items[0][1].numel()
+            rows.append([method, what, f"{n:,}", *[cell([s[k] for s in trained], 4) for k, _ in STAT_KEYS]])
+        result.sections.append(Section(f"{task}", ["Method", "Increment", "Values",
+                                                   *[label for _k, label in STAT_KEYS]], rows))
+        result.figures.append(_plot(task, methods, target / f"increments_{_slug(task)}.png", module or default))
+    result.notes += [
+        f"Module: {module or default} (the last block's query projection)" if module is None else
+        f"Module pattern: {module} (every matching module's values together)",
+        "Each cell is the mean (std) over seeds of one trial's statistic. Excess kurtosis is 0 for a Gaussian; "
+        "larger means a sharper peak at zero with heavier tails. 'Share' counts entries below 1e-4 of the "
+        "largest magnitude. Spectral is the largest singular value (the L2 norm for a bias or prompt vector set "
+        "spanning several modules).",
+        "LoRA/AdaLoRA: merged B·A·scale; FFT, top-k FFT: trained minus pretrained weight; BitFit: bias difference; "
+        "IA3: W0 ⊙ (l − 1); prefix/prompt tuning: the learned prompt embeddings (their module is the prompt).",
+    ]
+    return result
+
+
+def _spectral(run: Run, module: str | None, values: torch.Tensor) -> float:
+    """The spectral norm from the saved statistics (one matrix) or the largest over the matched ones."""
+    meta = read_json(run.dir / "increments.json")
+    if _is_prompt(run):
+        stats = meta["modules"].get(PROMPT_EMBEDDINGS, {})
+        return stats.get("spectral", float(values.norm()))
+    pattern = re.escape(meta["default_module"]) + "$" if module is None else module
+    names = [n for n, s in meta["modules"].items() if re.search(pattern, module_of(n))]
+    weights = [n for n in names if n.endswith(".weight")] or names
+    return max(meta["modules"][n]["spectral"] for n in weights) if weights else float(values.norm())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def _plot(task: str, methods: dict, path: Path, module: str) -> Path:
+    """Weight increments overlaid on one axis; prompt embeddings (another quantity, on another
+    scale) in a panel of their own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pefteval.report.fmt import save_figure
+
+    pooled = {m: (items[0][0], torch.cat([v.flatten() for _w, v, _s in items if v is not None]))
+              for m, items in methods.items() if any(v is not None for _w, v, _s in items)}
+    weights = {m: v for m, (what, v) in pooled.items() if what != "prompt embeddings"}
+    prompts = {m: v for m, (what, v) in pooled.items() if what == "prompt embeddings"}
+    panels = [(f"{task}: learned increments, {module}", weights)] if weights or not prompts else []
+    if prompts:
+        panels.append((f"{task}: prompt embeddings", prompts))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.2), squeeze=False)
+    for ax, (title, group) in zip(axes[0], panels):
+        if group:
+            edge = max(float(torch.quantile(v.abs()[:1_000_000], 0.999)) for v in group.values()) or 1.0
+            bins = torch.linspace(-edge, edge, 121).numpy()
+            for method, values in group.items():
+                ax.hist(values.clamp(-edge, edge).numpy(), bins=bins, density=True, histtype="step", linewidth=1.4,
+                        label=f"{method} (std {values.std().item():.2e})")
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("value (clipped to the 99.9th percentile of |value|)")
+        ax.set_ylabel("density (log)")
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
