@@ -35,7 +35,8 @@ def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | Non
     meta_path = run.dir / "increments.json"
     if not meta_path.is_file():
         raise UserError(f"{run.dir} has no increments.json: it was trained without analysis capture "
-                        "(analyses.capture: false, or an older pefteval); re-run the sweep to record it")
+                        "(analyses.capture: false, or an older pefteval); run the experiment into a new --out "
+                        "directory")
     meta = read_json(meta_path)
     full = load_file(str(run.dir / "increments.safetensors")) if (run.dir / "increments.safetensors").is_file() else {}
     if _is_prompt(run):

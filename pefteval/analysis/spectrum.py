@@ -83,7 +83,8 @@ def analyse_spectrum(runs: list[Run], target: Path) -> AnalysisResult:
     for run in fft_runs:
         path = run.dir / "increments.json"
         if not path.is_file():
-            raise UserError(f"{run.dir} has no increments.json; re-run the sweep with analysis capture on")
+            raise UserError(f"{run.dir} has no increments.json; run the experiment into a new --out directory "
+                            "with analyses.capture on")
         for name, stats in read_json(path)["modules"].items():
             slot = layer_slot(name)
             sv = stats.get("singular_values")
@@ -128,7 +129,7 @@ def analyse_spectrum(runs: list[Run], target: Path) -> AnalysisResult:
         result.notes.append("No LoRA trial in this directory; the verdict uses rank 8.")
     result.notes.append("Energy E@r and the verdict are Theorem 3's best rank-r approximation (Eckart–Young); a "
                         "trained LoRA need not find it.")
-    result.figures.append(_plot(curves, target / "spectrum.png"))
+    result.figures.append(_plot(curves, target / "spectrum.png", ranks))
     return result
 
 
@@ -144,7 +145,7 @@ def _mean_spec(specs: list[dict[str, Any]]) -> dict[str, Any]:
             "critical_rank": {e: sum(s["critical_rank"][e] for s in specs) / n for e in EPSILONS}}
 
 
-def _plot(curves: dict[tuple[str, str, str], list[list[float]]], path: Path) -> Path:
+def _plot(curves: dict[tuple[str, str, str], list[list[float]]], path: Path, ranks: list[int]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,6 +163,9 @@ def _plot(curves: dict[tuple[str, str, str], list[list[float]]], path: Path) -> 
             width = min(len(x) for x in lines)
             mean = [sum(x[i] for x in lines) / len(lines) for i in range(width)]
             ax.plot(range(1, width + 1), mean, label=mtype, linewidth=1.3)
+        for r in ranks:
+            ax.axvline(r, color="0.5", linestyle="--", linewidth=0.8)
+            ax.text(r, 1.0, f" LoRA r={r}", fontsize=7, color="0.35", va="top")
         ax.set_yscale("log")
         ax.set_xscale("log")
         ax.set_xlabel("index i")
