@@ -134,7 +134,18 @@ def finish(record: dict[str, Any], config: dict[str, Any], model: Any, run_dir: 
 
     if progress is not None:
         progress({"event": "analyse"})
-    record["analysis_seconds"] = finish_trial(config, model, run_dir, probe, rng_state, save_trainable)
+    started = time.perf_counter()
+    try:
+        record["analysis_seconds"] = finish_trial(config, model, run_dir, probe, rng_state, save_trainable)
+    except Exception as err:  # noqa: BLE001 - the trained, evaluated trial stands; its analysis files do not
+        import traceback
+
+        traceback.print_exc()
+        record["analysis_seconds"] = time.perf_counter() - started
+        record["analysis_error"] = f"{type(err).__name__}: {err}"
+        record["notes"] = [*record.get("notes", []),
+                           f"weight-analysis capture failed ({type(err).__name__}: {err}; traceback in log.txt); "
+                           "the trial's metrics are unaffected"]
     return record
 
 

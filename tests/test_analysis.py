@@ -138,7 +138,9 @@ def _train_randomly(model, scale=0.05):
 
 
 @pytest.mark.parametrize("spec", [{"type": "lora", "r": 4, "alpha": 8}, {"type": "ia3"},
-                                  {"type": "adalora", "r": 4, "init_r": 6, "alpha": 8}])
+                                  {"type": "adalora", "r": 4, "init_r": 6, "alpha": 8},
+                                  {"type": "peft", "peft_type": "LOHA",
+                                   "kwargs": {"r": 2, "target_modules": ["query", "value"]}}])
 def test_increments_equal_merged_minus_pretrained(tiny_bert_dir, spec):
     base = _tiny(tiny_bert_dir)
     base_state = {n: p.detach().clone() for n, p in base.named_parameters()}
@@ -234,6 +236,21 @@ def test_sensitivity_of_a_tiny_model(tiny_bert_dir):
     small = sum(abs(x) for x in out["delta_loss"]["full"]["0.001"])
     large = sum(abs(x) for x in out["delta_loss"]["full"]["0.01"])
     assert large > 3 * small > 0
+
+
+def test_a_failed_analysis_capture_keeps_the_trial(monkeypatch, tmp_path):
+    import pefteval.analysis.capture as capture
+    from pefteval.trial import finish
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(capture, "finish_trial", broken)
+    record = finish({"status": "complete", "metrics": {"test": {"accuracy": 0.9}}, "notes": []}, {}, None, tmp_path,
+                    None, None, None)
+    assert record["status"] == "complete" and record["metrics"]["test"]["accuracy"] == 0.9
+    assert record["analysis_error"] == "RuntimeError: disk full"
+    assert "weight-analysis capture failed" in record["notes"][0]
 
 
 # ------------------------------------------------------------------ end to end

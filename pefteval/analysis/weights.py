@@ -138,6 +138,7 @@ def increments(model: nn.Module, base_state: dict[str, torch.Tensor]) -> dict[st
     ``base_state`` holds the model's tensors before the method was applied (the pretrained
     weights and the freshly initialised task head)."""
     out: dict[str, torch.Tensor] = {}
+    unknown = False  # trainable tensors of an adapter type not handled below (LoHa, VeRA, OFT, ...)
     with torch.no_grad():
         for module_name, kind, module in _adapter_layers(model):
             if kind == "lora":
@@ -160,7 +161,26 @@ def increments(model: nn.Module, base_state: dict[str, torch.Tensor]) -> dict[st
             elif key in base_state:
                 out[key] = value - base_state[key].float()
             else:
-                out[key] = value.clone()
+                unknown = True
+        if unknown:
+            out.update(_merged_differences(model, base_state, skip=set(out)))
+    return out
+
+
+def _merged_differences(model: nn.Module, base_state: dict[str, torch.Tensor],
+                        skip: set[str]) -> dict[str, torch.Tensor]:
+    """Increments of adapters without a closed form here: merge a copy, diff every changed tensor."""
+    import copy
+
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
+        return {}
+    merged = copy.deepcopy(model).merge_and_unload()
+    out = {}
+    for name, param in merged.named_parameters():
+        if name in base_state and name not in skip and not torch.equal(param.detach(), base_state[name]):
+            out[name] = param.detach().float() - base_state[name].float()
     return out
 
 
