@@ -121,6 +121,9 @@ def _run_analyses(out: Path, names: list[str]) -> None:
             typer.echo(f"analysis {name}: {out / 'analysis' / name}.md ({result.seconds:.1f} s)", err=True)
         except UserError as err:
             typer.echo(f"analysis {name} skipped: {err}", err=True)
+        except Exception as err:  # noqa: BLE001 - the sweep's results and report must still be written
+            typer.echo(f"analysis {name} failed ({type(err).__name__}: {err}); the results are unaffected, "
+                       f"rerun it with `pefteval analyze {name} {out}`", err=True)
 
 
 def _write_report(out: Path, fmt: str) -> str:
