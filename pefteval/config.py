@@ -250,7 +250,7 @@ class AnalysisConfig(_Strict):
     probe_examples: int = Field(32, ge=1)  # validation examples saved for the model-based analyses
     sensitivity_examples: int = Field(16, ge=1)  # of those, the batch of the sensitivity analysis
     rho: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
-    draws: int = Field(8, ge=2)
+    draws: int = Field(8, ge=2, multiple_of=2)  # antithetic pairs (ε, −ε)
     power_iterations: int = Field(20, ge=1)
     power_tol: float = Field(1e-3, gt=0)
 

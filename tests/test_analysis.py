@@ -419,3 +419,17 @@ def test_decoder_few_shot_trials_are_analysed(tmp_path, tiny_llama_dir):
     assert "| lora | 0.01 |" in md["sensitivity"]
     run = next((out / "runs").glob("sst2-k4__lora__seed0__*"))
     assert Probe.load(run / "probe.safetensors").loss == "label_words"
+
+
+def test_analysis_config():
+    from pefteval.config import ConfigError, parse_config
+
+    base = {"name": "x", "model": "minilm-l6", "tasks": ["sst2"], "methods": [{"type": "fft"}]}
+    exp = parse_config({**base, "analyses": ["increments", "bound"]}, "t.yaml")
+    assert exp.analyses.run == ["increments", "bound"] and exp.analyses.draws == 8 and exp.analyses.capture
+    for bad, needle in [({"draws": 7}, "multiple of 2"), ({"run": ["hessian"]}, "analyses.run"),
+                        ({"increment_modules": ["("]}, "not a regular expression"), ({"rho": [0.0]}, "rho"),
+                        ({"drawz": 8}, "drawz")]:
+        with pytest.raises(ConfigError) as err:
+            parse_config({**base, "analyses": bad}, "t.yaml")
+        assert needle in str(err.value), str(err.value)

@@ -102,6 +102,11 @@ def _short(name: str) -> str:
     return name.replace("modules_to_save.default.", "")
 
 
+def _pair_means(values: list[float]) -> list[float]:
+    """Mean ΔL of each antithetic pair (ε, −ε): the curvature part, without the gradient term."""
+    return [(values[i] + values[i + 1]) / 2 for i in range(0, len(values) - 1, 2)]
+
+
 def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> AnalysisResult:
     result = AnalysisResult("sensitivity", "Sensitivity to weight perturbations (Theorem 4)")
     verdicts = []
@@ -120,8 +125,8 @@ def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> Analysis
             for i, rho in enumerate(rhos):
                 parts = {}
                 for part in ("full", "inside", "orthogonal"):
-                    values = [v for _r, d in items for v in d["delta_loss"].get(part, {}).get(rho, [])]
-                    parts[part] = values
+                    parts[part] = [v for _r, d in items
+                                   for v in _pair_means(d["delta_loss"].get(part, {}).get(rho, []))]
                 m, s = mean_std(parts["full"])
                 full_means[method][rho], full_stds[method][rho] = m, s
                 rows.append([method if i == 0 else "", rho, cell(parts["full"], 4),
@@ -130,9 +135,9 @@ def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> Analysis
                              cell(lam, 3) if i == 0 else "", f"{100 * share:.3f}" if i == 0 else "",
                              str(sum(len(d["delta_loss"]["full"][rho]) for _r, d in items)) if i == 0 else ""])
         result.sections.append(Section(
-            f"{task}: ΔL on the validation probe, mean (std) over draws × seeds",
+            f"{task}: ΔL on the validation probe, mean (std) over antithetic pairs × seeds",
             ["Method", "ρ", "ΔL full", "ΔL inside subspace", "ΔL orthogonal", "λ_max(H)", "Subspace % of θ",
-             "Draws"], rows))
+             "Draws (all seeds)"], rows))
         for ref in fft:
             for method in methods:
                 if method == ref:
@@ -146,15 +151,18 @@ def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> Analysis
     if verdicts:
         result.sections.append(Section("ΔL_peft > ΔL_full? (full-space perturbation of the same relative size)",
                                        ["Task", "Method", "ρ", "ΔL_peft", "ΔL_full", "Held",
-                                        "Within draw spread"], verdicts))
+                                        "Difference within the pairs' spread"], verdicts))
         held = sum(1 for v in verdicts if v[5] == "yes")
-        result.notes.append(f"ΔL_peft > ΔL_full held in {held} of {len(verdicts)} (method, task, ρ) comparisons.")
+        clear = sum(1 for v in verdicts if v[5] == "yes" and v[6] == "no")
+        result.notes.append(f"ΔL_peft > ΔL_full held in {held} of {len(verdicts)} (method, task, ρ) comparisons; "
+                            f"in {clear} of them by more than the spread (root sum of squares of the two stds).")
     else:
         result.notes.append("No full-FFT trial here, so ΔL_peft cannot be compared with ΔL_full.")
     first = read_json(runs[0].dir / "analysis" / "sensitivity.json") if runs else {}
     result.notes += [
         f"Probe: the first {first.get('probe_examples', '?')} validation examples saved by training; "
-        f"{first.get('draws', '?')} draws per trial; λ_max by power iteration with exact Hessian-vector products "
+        f"{first.get('draws', '?')} draws per trial in antithetic pairs (ε, −ε), whose mean ΔL is the curvature "
+        "term ½εᵀHε (the gradient term cancels); λ_max by power iteration with exact Hessian-vector products "
         "over every weight except the token-embedding matrices, on the same batch; it is the largest-magnitude "
         "eigenvalue, negative where the loss curves down (the solution is not a minimum in that direction).",
         "A perturbation is Gaussian per tensor of the effective weights (LoRA/AdaLoRA/IA3 merged), split by "

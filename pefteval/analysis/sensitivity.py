@@ -8,7 +8,11 @@ orthogonal projection onto the trainable subspace (``weights.project``): for FFT
 direction, for top-k FFT and BitFit the trained tensors, for LoRA the tangent space of rank-r
 matrices at B·A, for IA3 the row/column rescalings, and the task head for every method. Each
 part is rescaled so that every tensor it touches moves by ρ times that tensor's norm (a tensor
-that is all zeros is not moved). ΔL is the probe loss at θ + ε minus the loss at θ, in fp32."""
+that is all zeros is not moved). ΔL is the probe loss at θ + ε minus the loss at θ, in fp32.
+
+Draws come in antithetic pairs (ε, −ε). A pair's mean ΔL cancels the first-order term εᵀ∇L,
+which at a point that is not an exact minimum of the probe loss dominates single draws, and keeps
+the curvature term ½εᵀHε (plus O(ρ⁴)); the table reports mean (std) over pairs."""
 
 from __future__ import annotations
 
@@ -112,9 +116,12 @@ def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], dra
     gen = torch.Generator().manual_seed(seed)
     deltas: dict[str, dict[str, list[float]]] = {part: {str(r): [] for r in rhos} for part in PARTS}
     try:
-        for _ in range(draws):
-            eps = {k: torch.randn((len(rows[k]), *p.shape[1:]) if k in rows else p.shape, generator=gen,
-                                  dtype=p.dtype) for k, p in named.items()}
+        for draw in range(draws):
+            if draw % 2 == 0:
+                eps = {k: torch.randn((len(rows[k]), *p.shape[1:]) if k in rows else p.shape, generator=gen,
+                                      dtype=p.dtype) for k, p in named.items()}
+            else:  # antithetic: the previous direction negated, so each pair cancels the gradient term
+                eps = {k: -e for k, e in eps.items()}
             inside = eps if all_full else project(eps, spaces)
             parts = {"full": eps}
             if not all_full:
