@@ -4,7 +4,7 @@ At the end of every trial (``finish_trial``), next to ``trainable.safetensors``:
 
 - ``increments.json``: summary statistics of the increment of every tensor the method changed
   (std, excess kurtosis, small-value share, Frobenius and spectral norm; singular values of
-  every matrix), a few kilobytes to a few hundred;
+  every matrix), kilobytes to a few MB;
 - ``increments.safetensors``: the full increments of the modules an analysis draws (the last
   block's query projection, the prompt embeddings of prompt methods, and any module matched by
   ``analyses.increment_modules``);
@@ -147,7 +147,3 @@ def load_trained(run_dir: Path) -> tuple[nn.Module, nn.Module, Probe, dict[str, 
     applied.model.eval()
     return applied.model, base, Probe.load(run_dir / "probe.safetensors"), config
 
-
-def json_dump(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
