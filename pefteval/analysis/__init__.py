@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import UserError
+from pefteval.metrics import mean_std
 
 ANALYSES = ("increments", "spectrum", "bound", "sensitivity")
 
@@ -70,6 +71,15 @@ class Run:
     @property
     def method_type(self) -> str:
         return self.record["config"]["method"].get("type", "")
+
+    def increments(self) -> dict[str, Any]:
+        """The trial's ``increments.json`` (statistics of every increment), or a clear error."""
+        path = self.dir / "increments.json"
+        if not path.is_file():
+            raise UserError(f"{self.dir} has no increments.json: it was trained without analysis capture "
+                            "(analyses.capture: false, or an older pefteval); run the experiment into a new --out "
+                            "directory")
+        return read_json(path)
 
 
 def load_runs(out: Path) -> list[Run]:
@@ -148,14 +158,6 @@ def fmt(value: float | None, digits: int = 3) -> str:
     if 1e-3 <= abs(value) < 1e5:
         return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:,.1f}"
     return f"{value:.{digits - 1}e}"
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    import statistics
-
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def cell(values: list[float], digits: int = 3) -> str:

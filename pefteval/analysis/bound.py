@@ -78,7 +78,10 @@ def _hidden(model: nn.Module, probe: Probe) -> tuple[torch.Tensor, torch.Tensor]
     return states[0].float(), states[-1].float()
 
 
-def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe, deltas: dict[str, torch.Tensor]) -> dict[str, Any]:
+def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe,
+                  increment_stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The bound and the measured change on every probe input. ``increment_stats`` is the
+    per-tensor statistics training saved (``increments.json``'s modules): the norms the bound needs."""
     trained.eval()
     base.eval()
     norms = chain_norms(base)
@@ -97,7 +100,7 @@ def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe, deltas: dic
     per_layer: dict[int, dict[str, Any]] = {}
     outside: list[str] = []
     embedding_changed = False
-    for name, delta in deltas.items():
+    for name, stats in increment_stats.items():
         kind = kind_of(name)
         slot = layer_slot(name)
         if kind == "embedding" or (kind == "norm" and "embeddings" in name):
@@ -105,8 +108,8 @@ def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe, deltas: dic
             continue
         if slot is None:
             if kind == "norm" and "layers" not in name and "layer." not in name:  # final norm, after everything
-                coef_td += float(delta.abs().max()) if name.endswith(".weight") else 0.0
-                coef_t += float(delta.norm()) if name.endswith(".bias") else 0.0
+                coef_td += stats["max_abs"] if name.endswith(".weight") else 0.0
+                coef_t += stats["fro"] if name.endswith(".bias") else 0.0
             else:
                 outside.append(name)
             continue
@@ -114,15 +117,15 @@ def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe, deltas: dic
         row = per_layer.setdefault(slot.layer, {"layer": slot.layer, "phi": {}, "term": 0.0})
         if slot.is_norm:
             if name.endswith(".weight"):
-                coef_td += after[g] * float(delta.abs().max())
+                coef_td += after[g] * stats["max_abs"]
             else:
-                coef_t += after[g] * float(delta.norm())
+                coef_t += after[g] * stats["fro"]
             continue
         factor = after[g] * lip[order[g]]
-        if name.endswith(".bias") or delta.ndim == 1:
-            coef_t += factor * float(delta.norm())
+        if name.endswith(".bias") or len(stats["shape"]) == 1:
+            coef_t += factor * stats["fro"]
         else:
-            phi = float(torch.linalg.matrix_norm(delta.float(), ord=2))
+            phi = stats["spectral"]
             row["phi"][slot.module_type] = phi
             row["term"] += factor * phi
             coef_x += factor * phi

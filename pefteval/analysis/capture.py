@@ -62,7 +62,8 @@ def load_base_model(config: dict[str, Any]) -> tuple[nn.Module, bool]:
 
 
 def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_dir: Path, config: dict[str, Any],
-                    patterns: list[str]) -> dict[str, torch.Tensor]:
+                    patterns: list[str]) -> dict[str, dict[str, Any]]:
+    """Write increments.json and increments.safetensors; returns the per-tensor statistics."""
     from safetensors.torch import save_file
 
     from pefteval.store import atomic_write_json
@@ -76,6 +77,7 @@ def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_d
     save_file(full, str(tmp))
     tmp.replace(run_dir / "increments.safetensors")
     method = config["method"]
+    stats = {n: {"kind": kind_of(n), **tensor_stats(d)} for n, d in sorted(deltas.items())}
     atomic_write_json(run_dir / "increments.json", {
         "model": config["model"],
         "task": config["task"],
@@ -85,9 +87,9 @@ def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_d
         "seed": config["seed"],
         "default_module": default,
         "full": sorted(full),
-        "modules": {n: {"kind": kind_of(n), **tensor_stats(d)} for n, d in sorted(deltas.items())},
+        "modules": stats,
     })
-    return deltas
+    return stats
 
 
 def finish_trial(config: dict[str, Any], model: nn.Module, run_dir: Path, probe: Probe | None,
@@ -108,12 +110,12 @@ def finish_trial(config: dict[str, Any], model: nn.Module, run_dir: Path, probe:
         torch.set_rng_state(rng_state)  # the same draw as the trial's own load: the same initial head
         base, _ = load_base_model(config)
     base_state = {n: p.detach() for n, p in base.named_parameters()}
-    deltas = save_increments(model, base_state, run_dir, config, options.increment_modules)
+    stats = save_increments(model, base_state, run_dir, config, options.increment_modules)
     if probe is not None:
         probe.save(run_dir / "probe.safetensors")
         (run_dir / "analysis").mkdir(exist_ok=True)
         if "bound" in options.run:
-            atomic_write_json(run_dir / "analysis" / "bound.json", measure_bound(model, base, probe, deltas))
+            atomic_write_json(run_dir / "analysis" / "bound.json", measure_bound(model, base, probe, stats))
         if "sensitivity" in options.run:
             atomic_write_json(run_dir / "analysis" / "sensitivity.json",
                               measure_sensitivity(model, probe.head(options.sensitivity_examples), options.rho,

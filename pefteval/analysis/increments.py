@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pefteval.analysis import AnalysisResult, Run, Section, cell, read_json
+from pefteval.analysis import AnalysisResult, Run, Section, cell
 from pefteval.analysis.weights import PROMPT_EMBEDDINGS, module_of, tensor_stats
 from pefteval.errors import UserError
 
@@ -27,32 +27,31 @@ def _is_prompt(run: Run) -> bool:
     return cfg.get("type") in PROMPT_TYPES or str(cfg.get("peft_type", "")).lower() in PROMPT_TYPES
 
 
-def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | None]:
-    """(what was taken, the increment values) for one trial; values None when the method left the
-    module untouched."""
+def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | None, float | None]:
+    """(what was taken, the increment values, their spectral norm) for one trial; values None when
+    the method left the module untouched. The spectral norm comes from the saved statistics: the
+    matrix's, or the largest of the matched ones."""
     from safetensors.torch import load_file
 
-    meta_path = run.dir / "increments.json"
-    if not meta_path.is_file():
-        raise UserError(f"{run.dir} has no increments.json: it was trained without analysis capture "
-                        "(analyses.capture: false, or an older pefteval); run the experiment into a new --out "
-                        "directory")
-    meta = read_json(meta_path)
+    meta = run.increments()
     full = load_file(str(run.dir / "increments.safetensors")) if (run.dir / "increments.safetensors").is_file() else {}
     if _is_prompt(run):
-        return "prompt embeddings", full.get(PROMPT_EMBEDDINGS)
+        values = full.get(PROMPT_EMBEDDINGS)
+        stats = meta["modules"].get(PROMPT_EMBEDDINGS, {})
+        spectral = stats.get("spectral", float(values.norm())) if values is not None else None
+        return "prompt embeddings", values, spectral
     pattern = re.escape(meta["default_module"]) + "$" if module is None else module
     names = [n for n in meta["modules"] if meta["modules"][n]["kind"] != "prompt"
              and re.search(pattern, module_of(n))]
     weights = [n for n in names if n.endswith(".weight")]
     chosen = weights or [n for n in names if n.endswith(".bias")]
     if not chosen:
-        return "not trained", None
+        return "not trained", None, None
     what = "weight Δ" if weights else "bias Δ"
     missing = [n for n in chosen if n not in full]
     if missing:
         full.update(_reconstruct(run, missing))
-    return what, torch.cat([full[n].flatten() for n in chosen])
+    return what, torch.cat([full[n].flatten() for n in chosen]), max(meta["modules"][n]["spectral"] for n in chosen)
 
 
 def _reconstruct(run: Run, names: list[str]) -> dict[str, torch.Tensor]:
@@ -74,13 +73,12 @@ def analyse_increments(runs: list[Run], target: Path, module: str | None) -> Ana
     result = AnalysisResult("increments", "Learned increments (Figure 1)")
     by_task: dict[str, dict[str, list[tuple[str, torch.Tensor | None, dict]]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        what, values = run_increment(run, module)
+        what, values, spectral = run_increment(run, module)
         stats = {}
         if values is not None:
-            stats = tensor_stats(values, singular_values=False)
-            stats["spectral"] = _spectral(run, module, values)
+            stats = {**tensor_stats(values, singular_values=False), "spectral": spectral}
         by_task[run.task][run.method].append((what, values, stats))
-    default = read_json(runs[0].dir / "increments.json")["default_module"] if runs else "?"
+    default = runs[0].increments()["default_module"] if runs else "?"
     for task, methods in by_task.items():
         rows = []
         for method, items in methods.items():
@@ -105,18 +103,6 @@ def analyse_increments(runs: list[Run], target: Path, module: str | None) -> Ana
         "IA3: W0 ⊙ (l − 1); prefix/prompt tuning: the learned prompt embeddings (their module is the prompt).",
     ]
     return result
-
-
-def _spectral(run: Run, module: str | None, values: torch.Tensor) -> float:
-    """The spectral norm from the saved statistics (one matrix) or the largest over the matched ones."""
-    meta = read_json(run.dir / "increments.json")
-    if _is_prompt(run):
-        stats = meta["modules"].get(PROMPT_EMBEDDINGS, {})
-        return stats.get("spectral", float(values.norm()))
-    pattern = re.escape(meta["default_module"]) + "$" if module is None else module
-    names = [n for n, s in meta["modules"].items() if re.search(pattern, module_of(n))]
-    weights = [n for n in names if n.endswith(".weight")] or names
-    return max(meta["modules"][n]["spectral"] for n in weights) if weights else float(values.norm())
 
 
 def _slug(text: str) -> str:

@@ -19,14 +19,12 @@ def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:
     if path.is_file():
         return read_json(path)
     from pefteval.analysis.capture import load_trained
-    from pefteval.analysis.weights import increments
 
     model, base, probe, config = load_trained(run.dir)
     if name == "bound":
         from pefteval.analysis.bound import measure_bound
 
-        deltas = increments(model, {n: p.detach() for n, p in base.named_parameters()})
-        data = measure_bound(model, base, probe, deltas)
+        data = measure_bound(model, base, probe, run.increments()["modules"])
     else:
         from pefteval.analysis.sensitivity import measure_sensitivity
 
@@ -44,13 +42,22 @@ def _by_task(runs: list[Run], name: str, options: Any) -> dict[str, dict[str, li
     return out
 
 
+def _first(grouped: dict[str, dict[str, list[tuple[Run, dict[str, Any]]]]]) -> dict[str, Any]:
+    """The first trial's measurement (for settings every trial shares), or {}."""
+    for methods in grouped.values():
+        for items in methods.values():
+            return items[0][1]
+    return {}
+
+
 def analyse_bound(runs: list[Run], target: Path, options: Any) -> AnalysisResult:
     from pefteval.analysis.bound import MAPPING_NOTES
     from pefteval.analysis.weights import CHAIN_TYPES
 
     result = AnalysisResult("bound", "Capacity bound vs measured change (Theorem 2)")
     held_all: dict[str, tuple[int, int]] = {}
-    for task, methods in _by_task(runs, "bound", options).items():
+    grouped = _by_task(runs, "bound", options)
+    for task, methods in grouped.items():
         rows, layer_phi = [], defaultdict(lambda: defaultdict(list))
         w0 = None
         for method, items in methods.items():
@@ -90,9 +97,9 @@ def analyse_bound(runs: list[Run], target: Path, options: Any) -> AnalysisResult
         broken = [k for k, (h, n) in held_all.items() if h < n]
         result.notes.append("The bound held on every input for every method with weight increments." if not broken
                             else f"The bound failed on some inputs for: {', '.join(broken)}.")
-    act = runs[0].dir / "analysis" / "bound.json"
-    if act.is_file():
-        a = read_json(act)["activation"]
+    first = _first(grouped)
+    if first:
+        a = first["activation"]
         result.notes.append(f"Activation: {a['name']}, Lipschitz constant {a['lipschitz']}.")
     result.notes += MAPPING_NOTES
     return result
@@ -110,7 +117,8 @@ def _pair_means(values: list[float]) -> list[float]:
 def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> AnalysisResult:
     result = AnalysisResult("sensitivity", "Sensitivity to weight perturbations (Theorem 4)")
     verdicts = []
-    for task, methods in _by_task(runs, "sensitivity", options).items():
+    grouped = _by_task(runs, "sensitivity", options)
+    for task, methods in grouped.items():
         rows = []
         full_means: dict[str, dict[str, float]] = {}
         full_stds: dict[str, dict[str, float]] = {}
@@ -158,7 +166,7 @@ def analyse_sensitivity(runs: list[Run], target: Path, options: Any) -> Analysis
                             f"in {clear} of them by more than the spread (root sum of squares of the two stds).")
     else:
         result.notes.append("No full-FFT trial here, so ΔL_peft cannot be compared with ΔL_full.")
-    first = read_json(runs[0].dir / "analysis" / "sensitivity.json") if runs else {}
+    first = _first(grouped)
     result.notes += [
         f"Probe: the first {first.get('probe_examples', '?')} validation examples saved by training; "
         f"{first.get('draws', '?')} draws per trial in antithetic pairs (ε, −ε), whose mean ΔL is the curvature "

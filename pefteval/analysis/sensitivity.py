@@ -23,21 +23,9 @@ import torch
 from torch import nn
 
 from pefteval.analysis.probe import Probe, probe_loss
-from pefteval.analysis.weights import canonical, kind_of, project, subspaces
+from pefteval.analysis.weights import canonical, effective_model, kind_of, project, subspaces
 
 PARTS = ("full", "inside", "orthogonal")
-
-
-def effective_model(model: nn.Module) -> nn.Module:
-    """A model that computes what ``model`` computes with the method's weights merged in (a copy
-    for LoRA, AdaLoRA and IA3); prompt methods and plain models are returned as they are."""
-    import copy
-
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
-        return copy.deepcopy(model).merge_and_unload()
-    return model
 
 
 def _named(model: nn.Module) -> dict[str, nn.Parameter]:

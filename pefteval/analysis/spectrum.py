@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pefteval.analysis import AnalysisResult, Run, Section, fmt, read_json
+from pefteval.analysis import AnalysisResult, Run, Section, fmt
 from pefteval.analysis.weights import layer_slot
 
 RANKS = (1, 2, 4, 8, 16, 32)
@@ -81,11 +81,7 @@ def analyse_spectrum(runs: list[Run], target: Path) -> AnalysisResult:
     groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
     curves: dict[tuple[str, str, str], list[list[float]]] = defaultdict(list)
     for run in fft_runs:
-        path = run.dir / "increments.json"
-        if not path.is_file():
-            raise UserError(f"{run.dir} has no increments.json; run the experiment into a new --out directory "
-                            "with analyses.capture on")
-        for name, stats in read_json(path)["modules"].items():
+        for name, stats in run.increments()["modules"].items():
             slot = layer_slot(name)
             sv = stats.get("singular_values")
             if slot is None or slot.is_norm or not sv or not name.endswith(".weight"):

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefteval.methods.common import HEAD_MODULE_NAMES
+
 PROMPT_EMBEDDINGS = "prompt_encoder.default.embedding.weight"
 
 # (pattern on the parameter name, module type, position in the block's linear chain)
@@ -167,16 +169,25 @@ def increments(model: nn.Module, base_state: dict[str, torch.Tensor]) -> dict[st
     return out
 
 
-def _merged_differences(model: nn.Module, base_state: dict[str, torch.Tensor],
-                        skip: set[str]) -> dict[str, torch.Tensor]:
-    """Increments of adapters without a closed form here: merge a copy, diff every changed tensor."""
+def effective_model(model: nn.Module) -> nn.Module:
+    """A model that computes what ``model`` computes with the method's weights merged in (a copy
+    for LoRA, AdaLoRA, IA3 and other mergeable peft adapters); prompt methods and plain models are
+    returned as they are."""
     import copy
 
     from peft import PeftModel
 
-    if not isinstance(model, PeftModel) or model.active_peft_config.is_prompt_learning:
+    if isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def _merged_differences(model: nn.Module, base_state: dict[str, torch.Tensor],
+                        skip: set[str]) -> dict[str, torch.Tensor]:
+    """Increments of adapters without a closed form here: merge a copy, diff every changed tensor."""
+    merged = effective_model(model)
+    if merged is model:  # nothing to merge (prompt methods, plain models)
         return {}
-    merged = copy.deepcopy(model).merge_and_unload()
     out = {}
     for name, param in merged.named_parameters():
         if name in base_state and name not in skip and not torch.equal(param.detach(), base_state[name]):
@@ -221,7 +232,7 @@ def kind_of(name: str) -> str:
         return "norm"
     if "embed" in name:
         return "embedding"
-    if name.split(".")[0] in ("classifier", "score", "qa_outputs", "pooler") or ".pooler." in name:
+    if name.split(".")[0] in (*HEAD_MODULE_NAMES, "pooler") or ".pooler." in name:
         return "head"
     return "bias" if name.endswith(".bias") else "weight"
 

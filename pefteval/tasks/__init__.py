@@ -133,6 +133,19 @@ def hold_out_validation(pool: list[Any], cfg: Any) -> tuple[list[Any], list[Any]
     return validation, train
 
 
+def read_json_file(path: Path, missing: DataError) -> Any:
+    """A release's JSON file, parsed; ``missing`` is raised when it is absent, and invalid JSON names
+    its line and column."""
+    import json
+
+    if not path.is_file():
+        raise missing
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """--data-dir, else $PEFTEVAL_DATA_DIR, else None (read from the hub)."""
     chosen = data_dir if data_dir is not None else os.environ.get("PEFTEVAL_DATA_DIR") or None

@@ -31,6 +31,7 @@ from typing import Any
 
 from pefteval.errors import DataError
 from pefteval.gen_metrics import VIGGO_ACTS, VIGGO_SLOTS, extract_gsm8k_answer, parse_mr, quote_identifier
+from pefteval.tasks import read_json_file
 
 
 @dataclass(frozen=True)
@@ -230,12 +231,7 @@ def spider_schema_context(schema: dict[str, Any]) -> str:
 
 
 def _read_json_array(path: Path, what: str) -> list[Any]:
-    if not path.is_file():
-        raise _missing(path, what)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    data = read_json_file(path, _missing(path, what))
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, as in the Spider release")
     return data

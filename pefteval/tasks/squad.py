@@ -19,14 +19,13 @@ from dev, and dev is never trained on.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from pefteval.config import DataConfig
 from pefteval.errors import DataError
-from pefteval.tasks import QAExample, QATask, TaskSplits, hold_out_validation, register, source_id
+from pefteval.tasks import QAExample, QATask, TaskSplits, hold_out_validation, read_json_file, register, source_id
 
 TRAIN_FILE = "squad/train-v1.1.reconstructed.json"
 DEV_FILE = "squad/dev-v1.1.json"
@@ -48,12 +47,7 @@ def _missing(path: Path, what: str) -> DataError:
 
 def read_squad_json(path: Path, what: str = "SQuAD file") -> list[QAExample]:
     """Questions of a SQuAD v1.1 JSON file, in file order; a malformed entry names its place."""
-    if not path.is_file():
-        raise _missing(path, what)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    data = read_json_file(path, _missing(path, what))
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: expected the SQuAD layout {{\"version\", \"data\": [articles]}}")
     out = []
