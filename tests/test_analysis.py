@@ -433,3 +433,24 @@ def test_analysis_config():
         with pytest.raises(ConfigError) as err:
             parse_config({**base, "analyses": bad}, "t.yaml")
         assert needle in str(err.value), str(err.value)
+
+
+def test_results_without_captured_files_get_a_clear_error(analysed, tmp_path):
+    """A results directory from before the analyses (no increments.json, no probe): each analysis
+    names the missing file and the fix, and nothing in the directory is removed."""
+    import shutil
+
+    out, _ = analysed
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for run in (old / "runs").iterdir():
+        (run / "increments.json").unlink()
+        (run / "probe.safetensors").unlink()
+        shutil.rmtree(run / "analysis")
+    for name, needle in [("increments", "has no increments.json"), ("spectrum", "has no increments.json"),
+                         ("bound", "lacks probe.safetensors"), ("sensitivity", "lacks probe.safetensors")]:
+        proc = run_cli("analyze", name, old)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert needle in proc.stderr and "new --out directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert (old / "results.sqlite").is_file() and all((r / "trainable.safetensors").is_file()
+                                                      for r in (old / "runs").iterdir())

@@ -137,7 +137,8 @@ def load_trained(run_dir: Path) -> tuple[nn.Module, nn.Module, Probe, dict[str, 
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}: this analysis needs the trained weights and the "
-                        "validation probe that `pefteval run` saves (re-run the trial with save_weights: true)")
+                        "validation probe that `pefteval run` saves: run the experiment into a new --out directory "
+                        "with save_weights: true (complete trials are not retrained in place)")
     config = json.loads((run_dir / "trial.json").read_text())
     method = TypeAdapter(MethodConfig).validate_python({**config["method"], "name": config["method_label"]})
     base, is_decoder = load_base_model(config)
