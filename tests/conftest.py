@@ -100,6 +100,23 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_qa_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> Path:
+    """A tiny random BertForQuestionAnswering (the tiny BERT's shape) with the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=len(tok), hidden_size=TINY["hidden"], num_hidden_layers=TINY["layers"],
+                        num_attention_heads=TINY["heads"], intermediate_size=TINY["intermediate"],
+                        max_position_embeddings=TINY["max_positions"], pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_qa")
+    BertForQuestionAnswering(config).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
 WORDS = "the a film movie plot actor scene story music long short red blue green house tree car road".split()
 
 

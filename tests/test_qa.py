@@ -370,21 +370,6 @@ def test_top_k_settings_clip_to_the_depth_and_run_once():
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_qa_dir(tmp_path_factory, minilm_path):
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    tok = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(vocab_size=len(tok), hidden_size=TINY["hidden"], num_hidden_layers=TINY["layers"],
-                        num_attention_heads=TINY["heads"], intermediate_size=TINY["intermediate"],
-                        max_position_embeddings=TINY["max_positions"], pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_qa")
-    BertForQuestionAnswering(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
-
-
 def write_squad_layout(root: Path) -> Path:
     def arts(prefix, n, offset=0):
         out = []
