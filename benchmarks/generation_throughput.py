@@ -1,7 +1,7 @@
 """Decoder generation-task throughput: evaluation and training, each against a baseline.
 
 Evaluation. ``smollm2-135m`` generates answers to ViGGO prompts (chat template, greedy,
-``max_new_tokens`` cap) with ``pefteval.qa.generate_answers`` in left-padded batches with a
+``max_new_tokens`` cap) with ``pefteval.kinds.generative.generate_answers`` in left-padded batches with a
 KV cache, and with the same call one example at a time; examples/s and the ratio, plus how
 many outputs are identical.
 
@@ -34,17 +34,17 @@ from pathlib import Path
 
 import torch
 
-from pefteval.config import LoraMethod
-from pefteval.lm import chat_prompt, prepare_lm_train
+from pefteval.config import LoraMethod, TrainingConfig
+from pefteval.kinds.generative import chat_prompt, encode_prompt_target, generate_answers
 from pefteval.methods import apply_method
-from pefteval.qa import generate_answers, load_qa_model
-from pefteval.tasks.generation import load_viggo
+from pefteval.models import load_lm_or_span
+from pefteval.tasks.generation import PROMPTING, load_viggo
 from pefteval.train import train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LORA = LoraMethod(type="lora", r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-HP = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-      "precision": "bf16", "group_by_length": True, "eval_batch_size": 16}
+HP = TrainingConfig(epochs=1, batch_size=8, lr=1e-3, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                    precision="bf16", group_by_length=True, eval_batch_size=16)
 
 
 def data_dir(arg: str | None) -> Path:
@@ -56,13 +56,12 @@ def data_dir(arg: str | None) -> Path:
 
 def evaluation(model, tokenizer, examples, batch_size: int, max_new_tokens: int) -> float:
     prompts = [chat_prompt(tokenizer, x.prompt) for x in examples]
-    generate_answers(model, tokenizer, prompts[:2], 2, 4, "bf16", first_line=False)  # warm-up
+    generate_answers(model, tokenizer, prompts[:2], 2, 4, "bf16")  # warm-up
     start = time.perf_counter()
-    batched = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens, "bf16", first_line=False)
+    batched = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens, "bf16")
     t_batch = time.perf_counter() - start
     start = time.perf_counter()
-    single = [generate_answers(model, tokenizer, [p], 1, max_new_tokens, "bf16", first_line=False)[0]
-              for p in prompts]
+    single = [generate_answers(model, tokenizer, [p], 1, max_new_tokens, "bf16")[0] for p in prompts]
     t_single = time.perf_counter() - start
     n = len(prompts)
     print(f"\nEvaluation: {n} ViGGO prompts, greedy, max_new_tokens {max_new_tokens}, "
@@ -84,11 +83,11 @@ def trainer_run(base, train, tokenizer, bf16: bool, grouped: bool) -> float:
     # the GGUF file was dequantised to full-precision tensors on load; the Trainer only sees the
     # "gguf" quantizer tag and refuses to train, so drop it (the weights are ordinary tensors)
     plain.hf_quantizer, plain.is_quantized = None, False
-    model = get_peft_model(plain, build_peft_config(LORA, 1, peft_task_type("generation", True)))
+    model = get_peft_model(plain, build_peft_config(LORA, 1, peft_task_type("lm")))
     rows = [dict(f) for f in train.features]
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=HP["batch_size"], learning_rate=HP["lr"],
-                                 num_train_epochs=HP["epochs"], lr_scheduler_type="linear", warmup_steps=0,
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=HP.batch_size, learning_rate=HP.lr,
+                                 num_train_epochs=HP.epochs, lr_scheduler_type="linear", warmup_steps=0,
                                  weight_decay=0.0, max_grad_norm=1.0, logging_strategy="no", save_strategy="no",
                                  report_to=[], bf16=bf16, use_cpu=True, seed=0, dataloader_num_workers=0,
                                  **({"train_sampling_strategy": "group_by_length"} if grouped else {}))
@@ -99,14 +98,14 @@ def trainer_run(base, train, tokenizer, bf16: bool, grouped: bool) -> float:
 
 
 def training(base, tokenizer, examples, matched: bool) -> float:
-    train, _ = prepare_lm_train(examples, tokenizer, 512)
-    model = apply_method(copy.deepcopy(base), LORA, 1, True, task_kind="generation").model
+    train, _ = encode_prompt_target(examples, tokenizer, 512, PROMPTING)
+    model = apply_method(copy.deepcopy(base), LORA, 1, head="lm", paper_lora_targets=True).model
     result = train_model(model, train, lambda _m: 0.0, HP, 0, tokenizer.pad_token_id)
     t_ours = result.train_seconds
     tokenizer.padding_side = "right"
     t_trainer = trainer_run(base, train, tokenizer, bf16=False, grouped=False)
     n = len(train)
-    print(f"\nTraining: LoRA r 8 on {n} ViGGO examples, 1 epoch, batch {HP['batch_size']}")
+    print(f"\nTraining: LoRA r 8 on {n} ViGGO examples, 1 epoch, batch {HP.batch_size}")
     print(f"  pefteval train_model (bf16, grouped)  {t_ours:8.2f} s {n / t_ours:8.2f} ex/s")
     print(f"  Trainer defaults (fp32, random)       {t_trainer:8.2f} s {n / t_trainer:8.2f} ex/s")
     if matched:
@@ -128,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     viggo = load_viggo(data_dir(args.data_dir))
     n_eval, n_train = (16, 32) if args.quick else (48, 96)
-    base, tokenizer, _ = load_qa_model("smollm2-135m")
+    base, tokenizer, _ = load_lm_or_span("smollm2-135m")
     gen = evaluation(base, tokenizer, viggo["test"][:n_eval], args.batch_size, args.max_new_tokens)
     train = training(base, tokenizer, viggo["train"][:n_train], args.matched)
     print(f"\nratios: generation batched/one-at-a-time {gen:.2f}, training pefteval/Trainer {train:.2f}")

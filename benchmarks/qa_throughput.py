@@ -2,7 +2,7 @@
 
 Extractive (encoder). The packaged MiniLM with a span head (``minilm-l6``; a seeded fresh
 head, or a trained one with ``--run RUN_DIR``) answers the same SQuAD dev questions with
-``pefteval.qa.predict_extractive``: the windows of all questions batched together, sorted
+``pefteval.kinds.extractive_qa.predict_extractive``: the windows of all questions batched together, sorted
 by length, in bf16 autocast as in a trial, and once in fp32. The baseline answers one
 question at a time in fp32 (its windows in one forward pass), with the same preprocessing
 and span selection: what ``transformers.pipeline("question-answering")`` did per call. That
@@ -11,7 +11,7 @@ Agreement is the share of questions whose answer equals the baseline's (normalis
 SQuAD scoring).
 
 Generative (decoder). ``smollm2-135m`` answers SQuAD dev questions from the QA prompt with
-``pefteval.qa.generate_answers`` (greedy, left-padded batches, KV cache, ``max_new_tokens``
+``pefteval.kinds.generative.generate_answers`` (greedy, left-padded batches, KV cache, ``max_new_tokens``
 cap) and with the same call one question at a time (batch size 1, no padding). Agreement
 is the share of identical answers (left padding can flip a near-tie under bf16).
 
@@ -37,9 +37,11 @@ from pathlib import Path
 
 import torch
 
-from pefteval.metrics import normalize_answer
-from pefteval.qa import generate_answers, load_qa_model, predict_extractive, render_prompt
-from pefteval.tasks.squad import DEV_FILE, read_squad_json
+from pefteval.kinds.extractive_qa import predict_extractive
+from pefteval.kinds.generative import chat_prompt, generate_answers
+from pefteval.models import load_lm_or_span
+from pefteval.tasks.squad import DEV_FILE, PROMPTING, read_squad_json, render_prompt
+from pefteval.tasks.squad.metrics import normalize_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN, STRIDE, MAX_ANSWER = 384, 128, 30
@@ -64,13 +66,13 @@ def agreement(a: list[str], b: list[str]) -> float:
 
 def extractive(questions, run_dir: str | None, batch_size: int) -> float:
     if run_dir:
-        from pefteval.qa import load_run_predictor
+        from pefteval.kinds import load_run_predictor
 
         predictor = load_run_predictor(run_dir)
-        model, tokenizer = predictor.model, predictor.tokenizer
+        model, tokenizer = predictor.model, predictor.kind.tokenizer
     else:
         torch.manual_seed(0)
-        model, tokenizer, _ = load_qa_model("minilm-l6")
+        model, tokenizer, _ = load_lm_or_span("minilm-l6")
     model.eval()
 
     def ours(precision: str) -> list[str]:
@@ -100,12 +102,16 @@ def extractive(questions, run_dir: str | None, batch_size: int) -> float:
 
 
 def generative(questions, batch_size: int, max_new_tokens: int) -> float:
-    model, tokenizer, _ = load_qa_model("smollm2-135m")
-    prompts = [render_prompt(tokenizer, x) for x in questions]
+    model, tokenizer, _ = load_lm_or_span("smollm2-135m")
+    prompts = [chat_prompt(tokenizer, render_prompt(x), PROMPTING.plain_suffix) for x in questions]
+
+    def answers(batch: list[str], size: int) -> list[str]:
+        # SQuAD's answer is the generation's first line, as a trial reads it
+        return [PROMPTING.parse(t) for t in generate_answers(model, tokenizer, batch, size, max_new_tokens, "bf16")]
+
     generate_answers(model, tokenizer, prompts[:2], 2, 4, "bf16")
-    batched, t_batch = timed(lambda: generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens, "bf16"))
-    single, t_single = timed(lambda: [generate_answers(model, tokenizer, [p], 1, max_new_tokens, "bf16")[0]
-                                      for p in prompts])
+    batched, t_batch = timed(lambda: answers(prompts, batch_size))
+    single, t_single = timed(lambda: [answers([p], 1)[0] for p in prompts])
     n = len(prompts)
     print(f"\nGenerative QA with smollm2-135m (untrained), {n} SQuAD dev questions, greedy, "
           f"max_new_tokens {max_new_tokens}")

@@ -47,11 +47,12 @@ from typing import Any
 import torch
 
 from pefteval.config import DataConfig, FFTMethod, LoraMethod, TrainingConfig, _MethodBase
+from pefteval.kinds.classification import encode, predict
 from pefteval.methods import apply_method
 from pefteval.metrics import accuracy
 from pefteval.models import load_for_classification, load_tokenizer, resolve_model
 from pefteval.tasks import get_task
-from pefteval.train import Encoded, encode, predict, steps_per_epoch, train_model
+from pefteval.train import Encoded, steps_per_epoch, train_model
 
 MODEL = "minilm-l6"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,16 +131,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_data(data_dir: str, n_train: int, max_length: int, tokenizer: Any) -> Data:
     cfg = DataConfig(max_train_examples=n_train, max_validation_examples=VALIDATION_EXAMPLES)
-    splits = get_task("sst2").loader(Path(data_dir), cfg)
+    splits = get_task("sst2").splits(Path(data_dir), cfg)
     # SST-2's test split here is the whole GLUE dev set (the train split exists locally)
     encoded = [encode(part, tokenizer, max_length) for part in (splits.train, splits.validation, splits.test)]
     return Data(*encoded, pad_id=tokenizer.pad_token_id)
 
 
-def hyperparameters(lr: float, epochs: int, max_seq_length: int) -> dict[str, Any]:
-    config = TrainingConfig(epochs=epochs, lr=lr, batch_size=32, warmup_ratio=0.06, weight_decay=0.0,
-                            max_grad_norm=1.0, max_seq_length=max_seq_length)
-    return config.grid()[0]  # precision bf16 and group_by_length as pefteval's defaults
+def hyperparameters(lr: float, epochs: int, max_seq_length: int) -> TrainingConfig:
+    # precision bf16 and group_by_length as pefteval's defaults
+    return TrainingConfig(epochs=epochs, lr=lr, batch_size=32, warmup_ratio=0.06, weight_decay=0.0,
+                          max_grad_norm=1.0, max_seq_length=max_seq_length)
 
 
 def fresh_model(seed: int) -> tuple[Any, bool]:
@@ -152,12 +153,17 @@ def dev_accuracy(model: Any, data: Data, precision: str) -> float:
     return accuracy(predict(model, data.dev, data.pad_id, 128, precision), data.dev.labels)
 
 
-def run_pefteval(method: _MethodBase, hp: dict[str, Any], data: Data, seed: int) -> Outcome:
-    model, is_decoder = fresh_model(seed)
-    total_steps = steps_per_epoch(len(data.train), hp["batch_size"]) * hp["epochs"]
-    applied = apply_method(model, method, total_steps, is_decoder)
-    result = train_model(applied.model, data.train, data.validation, hp, seed, data.pad_id, on_step=applied.on_step)
-    return Outcome(result.train_seconds, dev_accuracy(applied.model, data, hp["precision"]))
+def run_pefteval(method: _MethodBase, hp: TrainingConfig, data: Data, seed: int) -> Outcome:
+    model, _ = fresh_model(seed)
+    total_steps = steps_per_epoch(len(data.train), hp.batch_size) * hp.epochs
+    applied = apply_method(model, method, total_steps)
+
+    def validate(m: Any) -> float:
+        return accuracy(predict(m, data.validation, data.pad_id, hp.eval_batch_size, hp.precision),
+                        data.validation.labels)
+
+    result = train_model(applied.model, data.train, validate, hp, seed, data.pad_id, on_step=applied.on_step)
+    return Outcome(result.train_seconds, dev_accuracy(applied.model, data, hp.precision))
 
 
 def trainer_dataset(train: Encoded) -> Any:
@@ -167,7 +173,7 @@ def trainer_dataset(train: Encoded) -> Any:
     return datasets.Dataset.from_list(rows)
 
 
-def run_trainer(method_name: str, hp: dict[str, Any], data: Data, seed: int, tokenizer: Any,
+def run_trainer(method_name: str, hp: TrainingConfig, data: Data, seed: int, tokenizer: Any,
                 matched: bool = False) -> Outcome:
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
@@ -176,15 +182,15 @@ def run_trainer(method_name: str, hp: dict[str, Any], data: Data, seed: int, tok
         from peft import LoraConfig, TaskType, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1))
-    total_steps = steps_per_epoch(len(data.train), hp["batch_size"]) * hp["epochs"]
+    total_steps = steps_per_epoch(len(data.train), hp.batch_size) * hp.epochs
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, learning_rate=hp["lr"], per_device_train_batch_size=hp["batch_size"],
-            num_train_epochs=hp["epochs"],
+            output_dir=out, learning_rate=hp.lr, per_device_train_batch_size=hp.batch_size,
+            num_train_epochs=hp.epochs,
             # transformers 5 has no warmup_ratio: a float < 1 is a ratio rounded up, an int a step
             # count; pass pefteval's count (rounded down) so both schedules are the same
-            warmup_steps=int(hp["warmup_ratio"] * total_steps),
-            weight_decay=hp["weight_decay"], max_grad_norm=hp["max_grad_norm"], seed=seed,
+            warmup_steps=int(hp.warmup_ratio * total_steps),
+            weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, seed=seed,
             report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
             disable_tqdm=True, use_cpu=True,
             **({"bf16": True, "train_sampling_strategy": "group_by_length"} if matched else {}),
@@ -204,13 +210,13 @@ def majority_share(labels: list[int]) -> float:
     return max(labels.count(y) for y in set(labels)) / len(labels)
 
 
-def report(name: str, n: int, hp: dict[str, Any], ours: Outcome, theirs: Outcome, chance: float) -> float:
-    ours_rate, theirs_rate = per_second(n, hp["epochs"], ours), per_second(n, hp["epochs"], theirs)
+def report(name: str, n: int, hp: TrainingConfig, ours: Outcome, theirs: Outcome, chance: float) -> float:
+    ours_rate, theirs_rate = per_second(n, hp.epochs, ours), per_second(n, hp.epochs, theirs)
     ratio = ours_rate / theirs_rate
     gap = 100 * (ours.dev_accuracy - theirs.dev_accuracy)
     verdict = "yes" if abs(gap) <= ACCURACY_TOLERANCE else "NO"
-    print(f"\n{name.upper()}: {n} SST-2 examples x {hp['epochs']} epoch(s), batch {hp['batch_size']}, lr {hp['lr']:g}, "
-          f"max length {hp['max_seq_length']}")
+    print(f"\n{name.upper()}: {n} SST-2 examples x {hp.epochs} epoch(s), batch {hp.batch_size}, lr {hp.lr:g}, "
+          f"max length {hp.max_seq_length}")
     print(f"  {'':34}{'examples/s':>11}{'train s':>9}{'dev acc':>9}")
     print(f"  {'pefteval (bf16, length-grouped)':34}{ours_rate:11.1f}{ours.seconds:9.2f}{100 * ours.dev_accuracy:9.2f}")
     print(f"  {'Trainer  (fp32, default sampler)':34}{theirs_rate:11.1f}{theirs.seconds:9.2f}"
@@ -244,11 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.matched:
             same = run_trainer(name, hp, data, args.seed, tokenizer, matched=True)
             gc.collect()
-            rate = per_second(len(data.train), hp["epochs"], same)
+            rate = per_second(len(data.train), hp.epochs, same)
             label = "Trainer  (bf16, length-grouped)"
             print(f"  {label:34}{rate:11.1f}{same.seconds:9.2f}{100 * same.dev_accuracy:9.2f}")
             print(f"  like-for-like ratio pefteval/Trainer(bf16, grouped): "
-                  f"{per_second(len(data.train), hp['epochs'], ours) / rate:.2f}")
+                  f"{per_second(len(data.train), hp.epochs, ours) / rate:.2f}")
     print()
     print("examples/s ratio pefteval/Trainer: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
 

@@ -1,68 +1,65 @@
-"""The ``pefteval`` command: run, report, list."""
+"""The ``pefteval`` command: run, report, analyze, list, adversarial."""
 
 from __future__ import annotations
 
-import functools
+import sqlite3
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 import yaml
 
+from pefteval import __version__
+from pefteval.cli_adversarial import adversarial_app
+from pefteval.cli_common import CONTEXT_SETTINGS, _csv_list, user_errors
 from pefteval.errors import UserError
 
+if TYPE_CHECKING:
+    from pefteval.config import ExperimentConfig
+    from pefteval.plan import Trial
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  context_settings=CONTEXT_SETTINGS,
                   help="Compare full fine-tuning with parameter-efficient methods on real models and tasks.")
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors print one clear message and exit with status 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pefteval {__version__}")
+        raise typer.Exit()
 
 
-def _csv_list(value: str | None, what: str, cast: Callable[[str], Any] = str) -> list[Any] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise UserError(f"{what}: give a comma-separated list")
-    try:
-        return [cast(v) for v in items]
-    except ValueError:
-        raise UserError(f"{what}: {value!r} is not a comma-separated list of {cast.__name__}s") from None
-
-
-@app.command()
-@user_errors
-def run(
-    config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/quickstart.yaml"),
-    out: Path = typer.Option(..., "--out", help="results directory (created; re-running resumes)"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="local data directory; default "
-                                           "$PEFTEVAL_DATA_DIR, else the Hugging Face hub"),
-    methods: Optional[str] = typer.Option(None, "--methods", help="only these method names, e.g. fft,lora"),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="override the seeds, e.g. 0,42"),
-    max_train_examples: Optional[int] = typer.Option(None, "--max-train-examples", min=1),
-    max_eval_examples: Optional[int] = typer.Option(None, "--max-eval-examples", min=1),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="override the tasks, e.g. sst2,rte"),
-    model: Optional[str] = typer.Option(None, "--model", help="override the model (alias, directory or hub id)"),
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
 ) -> None:
-    """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
+    pass
+
+
+@dataclass
+class Planned:
+    """An experiment as `run` would sweep it: the resolved config, the data directory (None: the hub)
+    and its trials."""
+
+    exp: ExperimentConfig
+    data_path: Path | None
+    trials: list[Trial]
+
+
+def plan_run(config: Path, data_dir: str | None = None, methods: str | None = None, seeds: str | None = None,
+             max_train_examples: int | None = None, max_eval_examples: int | None = None,
+             tasks: str | None = None, model: str | None = None, check_data: bool = True) -> Planned:
+    """The trials of ``pefteval run CONFIG`` with its command-line options; `run` and `run --dry-run` both
+    plan here, so their trials (and keys) are the same. ``check_data`` loads every task's data first
+    (missing or malformed data is an error before anything trains); the dry run skips it."""
+    # imported here, not at the top: keeps --help and list free of torch
     from pefteval.config import load_config, parse_config
     from pefteval.models import check_model, model_depth
     from pefteval.plan import drop_clipped_duplicates, plan_trials
-    from pefteval.sweep import run_trials
-    from pefteval.tasks import get_task, resolve_data_dir
+    from pefteval.tasks import resolve_data_dir
 
     exp = load_config(config)
     raw = exp.model_dump(exclude_unset=True, mode="json")
@@ -83,12 +80,79 @@ def run(
         exp, notices = drop_clipped_duplicates(exp, model_depth(exp.model))
         for notice in notices:
             typer.echo(f"notice: {notice}", err=True)
-    for task in exp.tasks:  # surfaces missing or malformed data before any training starts
-        splits = get_task(task).loader(data_path, exp.data_for(task))
-        if len(splits.train) < 2:
-            raise UserError(f"task {task}: only {len(splits.train)} training example(s); raise --max-train-examples")
+    if check_data:
+        _check_task_data(exp, data_path)
     trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"),
                          _csv_list(seeds, "--seeds", int))
+    return Planned(exp, data_path, trials)
+
+
+def _check_task_data(exp: ExperimentConfig, data_path: Path | None) -> None:
+    from pefteval.tasks import get_task
+
+    for task in exp.tasks:  # surfaces missing or malformed data before any training starts
+        # the task's full data (a k-shot sample is drawn from it per trial)
+        splits = get_task(task).splits(data_path, exp.data_for(task).model_copy(update={"k_shot": None}), 0)
+        if len(splits.train) < 2:
+            raise UserError(f"task {task}: only {len(splits.train)} training example(s); raise --max-train-examples")
+
+
+def format_plan_line(trial: Trial) -> str:
+    """One line of ``run --dry-run``: key, task (``@k=N`` for a k-shot trial), method, seed, grid point."""
+    hp = trial.config["training"]
+    task = trial.task if trial.k_shot is None else f"{trial.task}@k={trial.k_shot}"
+    return (f"{trial.key} {task} {trial.method} seed={trial.seed} "
+            f"lr={hp['lr']:g} warmup_ratio={hp['warmup_ratio']:g} batch_size={hp['batch_size']}")
+
+
+def _dry_run(planned: Planned, out: Path | None) -> None:
+    """Print the planned trials and how many OUT already holds as complete; trains and writes nothing."""
+    for trial in planned.trials:
+        typer.echo(format_plan_line(trial))
+    count = f"{len(planned.trials)} trial(s) planned"
+    store_path = out / "results.sqlite" if out is not None else None
+    if store_path is not None and store_path.is_file():
+        from pefteval.store import ResultStore
+
+        try:
+            with ResultStore(store_path) as store:
+                done = store.complete_keys()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"{store_path} is not a pefteval results store ({err})") from None
+        count += f", {sum(1 for t in planned.trials if t.key in done)} already complete in {out}"
+    typer.echo(count)
+
+
+@app.command()
+@user_errors
+def run(
+    config: Path = typer.Argument(..., help="experiment YAML, e.g. configs/quickstart.yaml"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results directory (created; re-running resumes); "
+                                       "required unless --dry-run"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="local data directory; default "
+                                           "$PEFTEVAL_DATA_DIR, else the Hugging Face hub"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="only these method names, e.g. fft,lora"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="override the seeds, e.g. 0,42"),
+    max_train_examples: Optional[int] = typer.Option(None, "--max-train-examples", min=1),
+    max_eval_examples: Optional[int] = typer.Option(None, "--max-eval-examples", min=1),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="override the tasks, e.g. sst2,rte"),
+    model: Optional[str] = typer.Option(None, "--model", help="override the model (alias, directory or hub id)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the planned trials (key, task, method, seed, "
+                                 "grid point) and how many OUT already holds; train, load and write nothing"),
+) -> None:
+    """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
+    if out is None and not dry_run:
+        raise UserError("missing option --out DIR: the results directory (only --dry-run runs without it)")
+    planned = plan_run(config, data_dir, methods, seeds, max_train_examples, max_eval_examples, tasks, model,
+                       check_data=not dry_run)
+    if dry_run:
+        _dry_run(planned, out)
+        return
+    assert out is not None
+    # imported here, not at the top: keeps --help and list free of torch
+    from pefteval.sweep import run_trials
+
+    exp, data_path, trials = planned.exp, planned.data_path, planned.trials
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.yaml").write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
@@ -113,6 +177,7 @@ def run(
 
 def _run_analyses(out: Path, names: list[str]) -> None:
     """The experiment's ``analyses``; one that cannot run says why and the others still run."""
+    # imported here, not at the top: keeps --help and list free of torch
     from pefteval.analysis import run_analysis
 
     for name in names:
@@ -127,6 +192,7 @@ def _run_analyses(out: Path, names: list[str]) -> None:
 
 
 def _write_report(out: Path, fmt: str) -> str:
+    # imported here, not at the top: keeps --help and list free of torch
     from pefteval.report import build_table, render
     from pefteval.store import ResultStore, atomic_write_text
 
@@ -187,6 +253,7 @@ def analyze(
     fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
 ) -> None:
     """Weight-space diagnostics of OUT's trained models (no retraining); figures and tables go to OUT/analysis/."""
+    # imported here, not at the top: keeps --help and list free of torch
     from pefteval.analysis import run_analysis
 
     if fmt not in ("markdown", "csv"):
@@ -201,7 +268,9 @@ def analyze(
 @app.command("list")
 def list_all() -> None:
     """Model aliases, tasks (with adversarial splits) and methods."""
-    from pefteval.methods import METHOD_HELP
+    # imported here, not at the top: keeps --help and list free of torch (the task registry and the
+    # method help are torch-free)
+    from pefteval.config import METHOD_HELP
     from pefteval.models import ALIASES
     from pefteval.tasks import TASKS
 
@@ -209,23 +278,19 @@ def list_all() -> None:
     for name, alias in ALIASES.items():
         typer.echo(f"  {name:<14} {alias.help}")
     typer.echo("\nTasks:")
-    from pefteval.tasks.fewshot import SPECS
-
     for name, task in TASKS.items():
         facts = [f"labels: {', '.join(task.label_names)}"] if task.label_names else []
         if task.adversarial:
             facts.append(f"adversarial: {', '.join(task.adversarial)}")
         if task.kind == "generation":
             facts.append("decoder generation")
-        if name in SPECS:
+        if task.fewshot is not None:
             facts.append("few-shot with data.k_shot")
         typer.echo(f"  {name:<14} {task.help}" + (f" [{'; '.join(facts)}]" if facts else ""))
     typer.echo("\nMethods:")
     for name, text in METHOD_HELP.items():
         typer.echo(f"  {name:<14} {text}")
 
-
-from pefteval.cli_adversarial import adversarial_app  # noqa: E402  (it uses user_errors, defined above)
 
 app.add_typer(adversarial_app, name="adversarial")
 

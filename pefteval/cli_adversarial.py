@@ -2,45 +2,33 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from pefteval.cli_common import CONTEXT_SETTINGS, user_errors
 from pefteval.errors import DataError, UserError
 
 adversarial_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                              context_settings=CONTEXT_SETTINGS,
                               help="Generate the adversarial evaluation sets that have no released files.")
 
 DATASETS = ("squad",)
 
 
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """pefteval.cli's ``user_errors`` (status 2, one line, no traceback), looked up when the command
-    runs: pefteval.cli imports this module to register it, so importing it here would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pefteval.cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _squad_sources(data_dir: str | None, max_examples: int | None) -> tuple[list[Any], list[Any], str]:
     """(the AddSent source questions from SQuAD dev, in AddSent's order, capped; all of dev; source key)."""
     from pefteval.tasks import resolve_data_dir, squad
+    from pefteval.tasks.squad import data as squad_data
 
     path = resolve_data_dir(data_dir)
     if path is not None:
         dev = squad.read_squad_json(path / squad.DEV_FILE, "SQuAD dev file")
         addsent = squad.read_squad_json(path / squad.ADV_FILES["AddSent"], "Adversarial SQuAD AddSent file")
     else:
-        dev = squad._hub(None, "validation")
-        addsent = squad._hub("AddSent", "validation", squad.HUB_ADVERSARIAL)
+        dev = squad_data.hub_split(None, "validation")
+        addsent = squad_data.hub_split("AddSent", "validation", squad_data.HUB_ADVERSARIAL)
     by_id = {x.id: x for x in dev}
     sources = [by_id[i] for i in squad.adversarial_sources(addsent) if i in by_id]
     if not sources:
@@ -49,7 +37,7 @@ def _squad_sources(data_dir: str | None, max_examples: int | None) -> tuple[list
 
 
 @adversarial_app.command()
-@_user_errors
+@user_errors
 def generate(
     dataset: str = typer.Argument(..., help="the dataset to attack: squad"),
     attack: str = typer.Option(..., "--attack", help="AddAnsCtx, AddNegAns, AddAny or AddAnyExtend"),
@@ -63,8 +51,9 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="seed of the per-question random choices"),
 ) -> None:
     """Generate an Adversarial SQuAD set (cached; an identical second run reads the cache)."""
-    from pefteval.adversarial.squad import ATTACKS, MODEL_FREE, cache_path, generated_set, write_squad_json
+    # imported here, not at the top: keeps --help and list free of torch
     from pefteval.config import AttackConfig
+    from pefteval.tasks.squad.attacks import ATTACKS, MODEL_FREE, cache_path, generated_set, write_squad_json
 
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
@@ -75,7 +64,7 @@ def generate(
                         "finished SQuAD trial (saved with save_weights: true)")
     scorer = None
     if attack not in MODEL_FREE:
-        from pefteval.qa import load_run_predictor
+        from pefteval.kinds import load_run_predictor
 
         scorer = load_run_predictor(model)
     elif model is not None:

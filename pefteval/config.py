@@ -7,19 +7,66 @@ allowed fields or values, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import difflib
+import inspect
 import itertools
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pefteval.errors import ConfigError
+from pefteval.tasks import TASKS
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+def _none_passes(func: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """A base model's field validator for an override's field, where None means "not set"."""
+    takes_info = len(inspect.signature(func).parameters) > (2 if mode == "wrap" else 1)
+    if mode == "wrap":
+        def validate_wrap(value: Any, handler: Any, info: Any) -> Any:
+            if value is None:
+                return handler(value)
+            return func(value, handler, info) if takes_info else func(value, handler)
+
+        return validate_wrap
+
+    def validate(value: Any, info: Any) -> Any:
+        if value is None:
+            return None
+        return func(value, info) if takes_info else func(value)
+
+    return validate
+
+
+def _override_of(base: type[BaseModel], doc: str) -> type[_Strict]:
+    """``XConfig`` -> ``XOverride``: every field of ``base``, optional with default None ("not
+    set"), with the same constraints (ge, lt, ...) and the base's field validators, which the
+    override runs on every value that is set. Nested models are overridden whole. The base's
+    model validators are not copied: ``ExperimentConfig`` validates each merged config instead."""
+    name = base.__name__.removesuffix("Config") + "Override"
+    fields: dict[str, Any] = {}
+    for field_name, info in base.model_fields.items():
+        annotation: Any = Optional[info.annotation]
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[field_name] = (annotation, Field(None, description=info.description))
+    validators = {
+        attr: field_validator(*dec.info.fields, mode=dec.info.mode, check_fields=dec.info.check_fields)(
+            _none_passes(dec.func, dec.info.mode))
+        for attr, dec in base.__pydantic_decorators__.field_validators.items()
+    }
+    return create_model(name, __base__=_Strict, __doc__=doc, __module__=__name__, __validators__=validators,
+                        **fields)
+
+
+_C = TypeVar("_C", bound=BaseModel)
 
 GridFloat = Union[float, list[float]]
 GridInt = Union[int, list[int]]
@@ -79,27 +126,8 @@ class TrainingConfig(_Strict):
         return points
 
 
-class TrainingOverride(_Strict):
-    """Per-method changes to the experiment's training settings."""
-
-    epochs: int | None = Field(None, ge=1)
-    lr: GridFloat | None = None
-    warmup_ratio: GridFloat | None = None
-    batch_size: GridInt | None = None
-    weight_decay: float | None = Field(None, ge=0.0)
-    max_grad_norm: float | None = Field(None, gt=0.0)
-    max_seq_length: int | None = Field(None, ge=8)
-    precision: Literal["bf16", "fp32"] | None = None
-    group_by_length: bool | None = None
-    eval_batch_size: int | None = Field(None, ge=1)
-    doc_stride: int | None = Field(None, ge=1)
-    max_answer_length: int | None = Field(None, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
-
-    @field_validator("lr", "warmup_ratio", "batch_size")
-    @classmethod
-    def _valid_axis(cls, value: Any, info: Any) -> Any:
-        return _check_axis(info.field_name, value)
+TrainingOverride = _override_of(
+    TrainingConfig, "Per-method changes to the experiment's training settings (any field of TrainingConfig).")
 
 
 class _MethodBase(_Strict):
@@ -179,9 +207,20 @@ METHOD_TYPES: dict[str, type[_MethodBase]] = {
     "peft": PeftMethod,
 }
 
+# what `pefteval list` says of each method type
+METHOD_HELP = {
+    "fft": "full fine-tuning of every weight; top_k_layers: k trains only the last k transformer blocks",
+    "bitfit": "bias terms only (BitFit)",
+    "lora": "low-rank adapters B·A on target modules (r, alpha, dropout, target_modules), via peft",
+    "adalora": "LoRA with SVD-form adapters and adaptive rank budget (r, init_r, alpha), via peft",
+    "prefix": "prefix tuning: learned key/value prefixes in every layer (num_virtual_tokens), via peft",
+    "ia3": "IA3: learned rescaling vectors on keys, values and feed-forward activations, via peft",
+    "peft": "any other peft method: peft_type (e.g. LOHA, VERA, OFT) plus its config kwargs",
+}
+
 
 class AttackConfig(_Strict):
-    """Settings of the generated Adversarial SQuAD sets (see pefteval/adversarial/squad.py).
+    """Settings of the generated Adversarial SQuAD sets (see pefteval/tasks/squad/attacks.py).
     AddAny and AddAnyExtend search against the trained model, with a query budget."""
 
     seed: int = 0
@@ -219,19 +258,9 @@ class DataConfig(_Strict):
         return value
 
 
-class DataOverride(_Strict):
-    """Per-task changes to the experiment's data settings (e.g. fewer examples of a long-text task)."""
-
-    max_train_examples: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
-    validation_size: float | None = Field(None, gt=0.0)
-    max_validation_examples: int | None = Field(None, ge=1)
-    train_from: Literal["auto", "train", "dev"] | None = None
-    dev_test_fraction: float | None = Field(None, gt=0.0, lt=1.0)
-    adversarial_sets: list[str] | None = None
-    max_adversarial_questions: int | None = Field(None, ge=1)
-    attack: AttackConfig | None = None
-    k_shot: int | list[int] | None = None
+DataOverride = _override_of(
+    DataConfig, "Per-task changes to the experiment's data settings (any field of DataConfig, e.g. fewer "
+    "examples of a long-text task); ``attack`` is replaced whole.")
 
 
 ANALYSIS_NAMES = ("increments", "spectrum", "bound", "sensitivity")
@@ -262,8 +291,6 @@ class AnalysisConfig(_Strict):
     @field_validator("increment_modules")
     @classmethod
     def _regexes(cls, patterns: list[str]) -> list[str]:
-        import re
-
         for pattern in patterns:
             try:
                 re.compile(pattern)
@@ -294,8 +321,6 @@ class ExperimentConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        from pefteval.tasks import TASKS
-
         for task in tasks:
             if task not in TASKS:
                 raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
@@ -311,8 +336,6 @@ class ExperimentConfig(_Strict):
     @field_validator("task_data")
     @classmethod
     def _known_task_data(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from pefteval.tasks import TASKS
-
         for task in value:
             if task not in TASKS:
                 raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
@@ -327,19 +350,59 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"method names must be unique; give each variant a 'name' ({', '.join(dupes)} repeats)")
         return methods
 
+    @model_validator(mode="after")
+    def _valid_merges(self) -> ExperimentConfig:
+        """Every task's data settings and every method's training settings, overrides applied,
+        are valid; an error names the override's path (``task_data.sst2.k_shot``)."""
+        errors: list[Any] = []
+        merges = [(self.data, o, ("task_data", t)) for t, o in self.task_data.items()]
+        merges += [(self.training, m.training, ("methods", i, "training")) for i, m in enumerate(self.methods)]
+        for base, override, loc in merges:
+            try:
+                _merge(base, override, loc)
+            except ValidationError as err:
+                errors += _line_errors(err)
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
     def data_for(self, task: str) -> DataConfig:
         """The experiment's data settings with the task's overrides applied; command-line
         limits (set on ``data``) still win because they are applied to both."""
-        merged = self.data.model_dump()
-        if task in self.task_data:
-            merged.update(self.task_data[task].model_dump(exclude_none=True))
-        return DataConfig(**merged)
+        return self._merged(self.data, self.task_data.get(task), ("task_data", task))
 
     def training_for(self, method: _MethodBase) -> TrainingConfig:
-        merged = self.training.model_dump()
-        if method.training is not None:
-            merged.update(method.training.model_dump(exclude_none=True))
-        return TrainingConfig(**merged)
+        """The experiment's training settings with the method's overrides applied."""
+        index = next((i for i, m in enumerate(self.methods) if m is method), None)
+        if index is None:
+            index = self.methods.index(method) if method in self.methods else method.label
+        return self._merged(self.training, method.training, ("methods", index, "training"))
+
+    def _merged(self, base: _C, override: BaseModel | None, loc: tuple[Any, ...]) -> _C:
+        # parsing already validated every merge; this covers configs built without validation
+        # (model_construct, model_copy(update=...))
+        try:
+            return _merge(base, override, loc)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"experiment {self.name!r}")) from None
+
+
+def _merge(base: _C, override: BaseModel | None, loc: tuple[Any, ...]) -> _C:
+    """``base`` with the fields the override sets (not None) replaced. An invalid result raises a
+    ValidationError located under ``loc``, the override's path."""
+    merged = base.model_dump()
+    if override is not None:
+        merged.update(override.model_dump(exclude_none=True))
+    try:
+        return type(base)(**merged)
+    except ValidationError as err:
+        raise ValidationError.from_exception_data(err.title, _line_errors(err, loc)) from None
+
+
+def _line_errors(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[Any]:
+    """The errors of ``err`` (type and message kept) with locations under ``prefix``."""
+    return [{"type": PydanticCustomError(e["type"], e["msg"]), "loc": (*prefix, *e["loc"]), "input": e["input"]}
+            for e in err.errors()]
 
 
 def _suggest(word: str, choices: Any) -> str:
@@ -440,3 +503,45 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_config(data, str(path))
+
+
+class TrialConfig(_Strict):
+    """One trial, fully resolved and validated: what planning hands to the trial process and what
+    its record keeps. ``identity()`` is the part its key hashes (the analysis options ride along
+    outside it: they never change training)."""
+
+    model: str
+    task: str
+    method_label: str
+    method: MethodConfig
+    training: TrainingConfig  # one grid point: every axis holds a single value
+    data: DataConfig  # with the task's overrides applied; k_shot a single value or None
+    data_source: str
+    seed: int
+    save_weights: bool = True
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+    def identity(self) -> dict[str, Any]:
+        data = self.data.model_dump()
+        if data["k_shot"] is None:
+            del data["k_shot"]  # absent unless set, so trials without it keep the keys they always had
+        return {
+            "model": self.model,
+            "task": self.task,
+            "method_label": self.method_label,
+            "method": self.method.method_params(),
+            "training": self.training.model_dump(),
+            "data": data,
+            "data_source": self.data_source,
+            "seed": self.seed,
+            "save_weights": self.save_weights,
+        }
+
+    @classmethod
+    def from_json(cls, config: dict[str, Any]) -> TrialConfig:
+        """A trial's ``trial.json`` (its identity, plus ``key`` and ``analysis``) as written by the
+        sweep, by this release or an earlier one."""
+        fields = {k: v for k, v in config.items() if k != "key"}
+        fields["method"] = {**config["method"], "name": config["method_label"]}
+        fields["analysis"] = config.get("analysis") or {}
+        return cls.model_validate(fields)

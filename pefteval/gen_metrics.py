@@ -35,6 +35,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
 # --- GSM8K ------------------------------------------------------------------------------
 
 # a number: optional sign and $, digits with optional thousands commas, optional decimals
@@ -159,23 +163,15 @@ def _fallback_normalize(sql: str) -> str:
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
-_COMPARISONS: tuple[type, ...] = ()
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike, exp.Glob)
 
 
 def _comparison_types() -> tuple[type, ...]:
-    global _COMPARISONS
-    if not _COMPARISONS:
-        from sqlglot import exp
-
-        _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike, exp.Glob)
     return _COMPARISONS
 
 
 def _parse_one_sqlite(sql: str):
     """The single statement of ``sql`` as a sqlglot tree, or None (parse error, several statements)."""
-    import sqlglot
-    from sqlglot.errors import SqlglotError
-
     try:
         trees = [t for t in sqlglot.parse(sql, read="sqlite") if t is not None]
     except (SqlglotError, ValueError, RecursionError):
@@ -186,8 +182,6 @@ def _parse_one_sqlite(sql: str):
 def _string_like_columns(tree) -> list:
     """Double-quoted bare names used as values ("France" in ``WHERE country = "France"``): SQLite
     reads them as strings when no column has that name, and Spider writes its literals that way."""
-    from sqlglot import exp
-
     found = []
     for column in tree.find_all(exp.Column):
         ident = column.this
@@ -212,8 +206,6 @@ def normalize_sql(sql: str) -> str:
     tokens, no trailing semicolon. String literals keep their case. Text that does not parse
     falls back to whitespace and case normalisation.
     """
-    from sqlglot import exp
-
     text = sql.strip().rstrip(";").strip()
     tree = _parse_one_sqlite(text)
     if tree is None:
@@ -674,8 +666,6 @@ def populate_database(schema: Schema, path: str | os.PathLike, seed: int = 0, ro
 def query_literals(sql: str) -> list[Any]:
     """String and number literals of a query (double-quoted values included), LIKE wildcards
     removed, to seed the populated databases' value pools."""
-    from sqlglot import exp
-
     out: list[Any] = []
     tree = _parse_one_sqlite(sql.strip().rstrip(";"))
     if tree is not None:
@@ -853,31 +843,3 @@ def clean_sql_output(text: str) -> str:
     if fenced:
         text = fenced.group(1)
     return text.strip().split(";", 1)[0].strip()
-
-
-def score_generation(task: str, predictions: Sequence[str], examples: Sequence[Any]) -> dict[str, Any]:
-    """The metrics of one split. ``accuracy`` is the task's Table 1 score (GSM8K answer accuracy,
-    SQL execution accuracy, ViGGO exact match); the others are reported beside it."""
-    if len(predictions) != len(examples):
-        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
-    n = len(examples)
-    if task == "gsm8k":
-        return {"accuracy": gsm8k_accuracy(predictions, [x.meta["gold"] for x in examples]), "n": n}
-    if task == "sql":
-        queries = [clean_sql_output(p) for p in predictions]
-        executed = skipped = 0
-        for q, x in zip(queries, examples):
-            try:
-                executed += sql_execution_match(q, x.target, x.meta)
-            except GoldQueryError:
-                skipped += 1  # a broken gold query (three in Spider train) cannot judge anything
-        judged = n - skipped
-        return {"accuracy": executed / judged if judged else float("nan"),
-                "exact_match": sum(sql_exact_match(q, x.target) for q, x in zip(queries, examples)) / n if n
-                else float("nan"), "n": n, "gold_errors": skipped}
-    if task == "viggo":
-        golds = [x.target for x in examples]
-        slots = viggo_slot_scores(predictions, golds)
-        return {"accuracy": viggo_accuracy(predictions, golds), "slot_precision": slots["precision"],
-                "slot_recall": slots["recall"], "slot_f1": slots["f1"], "n": n}
-    raise KeyError(f"no generation metric for task '{task}'")

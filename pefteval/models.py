@@ -130,28 +130,59 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def load_for_classification(name: str, num_labels: int, label_names: list[str] | None = None) -> tuple[Any, Any, bool]:
-    """Model with a fresh sequence-classification head, its tokenizer, and whether it is a decoder."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_model_config(source: ModelSource) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+
+
+HEADS = ("classification", "span", "lm")
+
+
+def load_with_head(source: ModelSource, config: Any, head: str) -> Any:
+    """Pretrained weights under a fresh ``classification`` head (sequence classification) or
+    ``span`` head (start/end logits), or the causal ``lm`` as it is. safetensors only, no model code."""
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    source = resolve_model(name)
+    cls = {"classification": AutoModelForSequenceClassification, "span": AutoModelForQuestionAnswering,
+           "lm": AutoModelForCausalLM}[head]
+    # a checkpoint's own classification head may have another label count
+    extra = {"ignore_mismatched_sizes": True} if head == "classification" else {}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    try:
+        return cls.from_pretrained(source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
+                                   use_safetensors=None if source.gguf_file else True, **extra)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_for_classification(name: str | ModelSource, num_labels: int, label_names: list[str] | None = None,
+                            config: Any = None) -> tuple[Any, Any, bool]:
+    """Model with a fresh sequence-classification head, its tokenizer, and whether it is a decoder."""
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
     tokenizer = load_tokenizer(source)
-    config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    config = config if config is not None else load_model_config(source)
     config.num_labels = num_labels
     if label_names:
         config.id2label = dict(enumerate(label_names))
         config.label2id = {label: i for i, label in enumerate(label_names)}
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
-            use_safetensors=None if source.gguf_file else True,
-            ignore_mismatched_sizes=True,  # a checkpoint's own head may have another label count
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return model, tokenizer, is_decoder_config(config)
+    return load_with_head(source, config, "classification"), tokenizer, is_decoder_config(config)
+
+
+def load_lm_or_span(name: str | ModelSource, config: Any = None) -> tuple[Any, Any, bool]:
+    """A decoder LM as it is (left padding, for batched generation), or an encoder with a fresh
+    span head; its tokenizer; whether it is a decoder."""
+    source = name if isinstance(name, ModelSource) else resolve_model(name)
+    tokenizer = load_tokenizer(source)
+    config = config if config is not None else load_model_config(source)
+    decoder = is_decoder_config(config)
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    model = load_with_head(source, config, "lm" if decoder else "span")
+    if decoder:
+        tokenizer.padding_side = "left"
+    return model, tokenizer, decoder

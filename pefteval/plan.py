@@ -11,36 +11,41 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pefteval.config import ExperimentConfig
+from pefteval.config import ExperimentConfig, FFTMethod, TrainingConfig, TrialConfig
 from pefteval.errors import UserError
 
 
 @dataclass(frozen=True)
 class Trial:
     key: str
-    config: dict[str, Any]
+    resolved: TrialConfig
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The trial's identity as a plain dict: what its key hashes and its record keeps."""
+        return self.resolved.identity()
 
     @property
     def task(self) -> str:
-        return self.config["task"]
+        return self.resolved.task
 
     @property
     def method(self) -> str:
-        return self.config["method_label"]
+        return self.resolved.method_label
 
     @property
     def seed(self) -> int:
-        return self.config["seed"]
+        return self.resolved.seed
 
     @property
     def k_shot(self) -> int | None:
-        return self.config["data"].get("k_shot")
+        return self.resolved.data.k_shot  # type: ignore[return-value]
 
     def describe(self) -> str:
-        hp = self.config["training"]
+        hp = self.resolved.training
         task = self.task if self.k_shot is None else f"{self.task} (k={self.k_shot})"
-        return (f"{self.method} on {task}, seed {self.seed}, lr {hp['lr']:g}, "
-                f"warmup {hp['warmup_ratio']:g}, batch {hp['batch_size']}")
+        return (f"{self.method} on {task}, seed {self.seed}, lr {hp.lr:g}, "
+                f"warmup {hp.warmup_ratio:g}, batch {hp.batch_size}")
 
 
 def trial_key(config: dict[str, Any]) -> str:
@@ -59,33 +64,25 @@ def plan_trials(exp: ExperimentConfig, data_source: str, methods: list[str] | No
         chosen = [m for m in exp.methods if m.label in methods]
     trials = []
     for task in exp.tasks:
-        data = exp.data_for(task).model_dump()
-        ks = data.pop("k_shot")  # absent unless set, so other trials' keys do not depend on it
+        data = exp.data_for(task)
+        ks = data.k_shot
         for k in ks if isinstance(ks, list) else [ks]:
-            task_data = data if k is None else {**data, "k_shot": k}
+            task_data = data.model_copy(update={"k_shot": k})
             for method in chosen:
+                resolved_method = method.model_copy(update={"name": method.label, "training": None})
                 for hp in exp.training_for(method).grid():
                     for seed in seeds or exp.seeds:
-                        config = {
-                            "model": exp.model,
-                            "task": task,
-                            "method_label": method.label,
-                            "method": method.method_params(),
-                            "training": hp,
-                            "data": task_data,
-                            "data_source": data_source,
-                            "seed": seed,
-                            "save_weights": exp.save_weights,
-                        }
-                        trials.append(Trial(trial_key(config), config))
+                        config = TrialConfig(model=exp.model, task=task, method_label=method.label,
+                                             method=resolved_method, training=TrainingConfig(**hp), data=task_data,
+                                             data_source=data_source, seed=seed, save_weights=exp.save_weights,
+                                             analysis=exp.analyses)
+                        trials.append(Trial(trial_key(config.identity()), config))
     return trials
 
 
 def drop_clipped_duplicates(exp: ExperimentConfig, depth: int | None) -> tuple[ExperimentConfig, list[str]]:
     """Top-k FFT settings with k above the model's depth are clipped to it; settings that clip
     to the same k as an earlier one would train the same thing, so they run once."""
-    from pefteval.config import FFTMethod
-
     if depth is None:
         return exp, []
     seen: dict[int, str] = {}

@@ -8,6 +8,7 @@ an interrupted trial has no complete row and is redone on the next run.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -75,8 +76,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
-        import os
-
         os.fsync(f.fileno())
     tmp.replace(path)
 

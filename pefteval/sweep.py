@@ -13,6 +13,8 @@ from typing import Any, TextIO
 
 from pefteval.plan import Trial
 from pefteval.store import ResultStore, atomic_write_json
+from pefteval.tasks import TASKS, Task
+from pefteval.worker import context, trial_main
 
 
 @dataclass
@@ -90,29 +92,34 @@ class Progress:
         took = time.time() - self.trial_started
         self.durations.append(took)
         if record["status"] == "complete":
-            scores = ", ".join(f"{k} {_headline(v)}" for k, v in record["metrics"].items())
+            task = TASKS.get(self.trial.task) if self.trial else None
+            scores = ", ".join(f"{k} {_headline(v, task)}" for k, v in record["metrics"].items())
             self._emit(f"[trial {self.index}/{self.total}] done in {_fmt_time(took)}: {scores}", final=True)
         else:
             self._emit(f"[trial {self.index}/{self.total}] FAILED: {record['error']}", final=True)
 
 
-def _headline(metrics: dict[str, Any]) -> str:
-    """One split's score for the progress line: accuracy, or EM/F1 (worst case where grouped)."""
-    if "accuracy" in metrics:
-        return f"{metrics['accuracy']:.4f}"
-    prefix = "worst_" if "worst_f1" in metrics else ""
-    return f"EM/F1 {metrics[prefix + 'exact_match']:.3f}/{metrics[prefix + 'f1']:.3f}"
+def _headline(metrics: dict[str, Any], task: Task | None) -> str:
+    """One split's score for the progress line: the task's report columns (its worst case where
+    the split is scored per source question)."""
+    columns = [c for c in (task.report_columns if task else ("accuracy",)) if c in metrics] or \
+        [k for k, v in metrics.items() if isinstance(v, float)][:1]
+    if all(f"worst_{c}" in metrics for c in columns):
+        columns = [f"worst_{c}" for c in columns]
+    if len(columns) == 1:
+        return f"{metrics[columns[0]]:.4f}"
+    names = [task.column_names.get(c.removeprefix("worst_"), c) if task else c for c in columns]
+    return f"{'/'.join(names)} {'/'.join(f'{metrics[c]:.3f}' for c in columns)}"
 
 
 def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
             analysis: dict[str, Any] | None = None) -> dict[str, Any]:
-    from pefteval.worker import context, trial_main
-
     if run_dir.exists():
         shutil.rmtree(run_dir)  # leftovers of an interrupted or failed attempt
     run_dir.mkdir(parents=True)
     # the analysis options ride along outside the trial's identity: they never change training
-    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": analysis or {}})
+    options = analysis if analysis is not None else trial.resolved.analysis.model_dump()
+    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": options})
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
+from pefteval.config import TrainingConfig
 from pefteval.errors import TrainingDiverged
 from pefteval.methods import load_trainable_state, trainable_state
-from pefteval.tasks import Example
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -40,17 +41,6 @@ class Encoded:
         return len(self.features)
 
 
-def encode(examples: list[Example], tokenizer: Any, max_length: int) -> Encoded:
-    if not examples:
-        return Encoded([], [])
-    texts_a = [x.text_a for x in examples]
-    texts_b = [x.text_b for x in examples] if examples[0].text_b is not None else None
-    enc = tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
-    features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
-    return Encoded(features, [x.label for x in examples])
-
-
 def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad sequences to the batch's longest; scalar targets (start/end positions) are stacked."""
     width = max(len(f["input_ids"]) for f in features)
@@ -64,30 +54,9 @@ def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     return batch
 
 
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128, precision: str = "bf16") -> list[int]:
-    """Predicted label ids, in input order. Batches group similar lengths to save padding."""
-    model.eval()
-    order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
-    preds = [0] * len(data)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate([data.features[i] for i in idx], pad_id)
-        with _autocast(precision):
-            logits = model(**batch).logits
-        for i, p in zip(idx, logits.float().argmax(-1).tolist()):
-            preds[i] = p
-    return preds
-
-
-def accuracy_of(model: nn.Module, data: Encoded, pad_id: int, batch_size: int, precision: str) -> float:
-    from pefteval.metrics import accuracy
-
-    return accuracy(predict(model, data, pad_id, batch_size, precision), data.labels)
+def autocast(precision: str, device: str = "cpu"):
+    """bf16 autocast when ``precision`` is bf16 (weights stay fp32), else a no-op context."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @dataclass
@@ -122,8 +91,8 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 def train_model(
     model: nn.Module,
     train: Encoded,
-    validation: Encoded | Callable[[nn.Module], float],
-    hp: dict[str, Any],
+    validate: Callable[[nn.Module], float],
+    hp: TrainingConfig,
     seed: int,
     pad_id: int,
     on_step: Callable[[int], None] | None = None,
@@ -133,39 +102,37 @@ def train_model(
 ) -> TrainResult:
     """Train in place; on return the model holds the weights of its best validation epoch.
 
-    ``validation`` is a labelled classification split, or a function that scores the model
-    (higher is better; e.g. SQuAD F1), named by ``metric`` in the curve. ``loss_fn(model,
+    ``validate(model)`` scores the model on the validation split after every epoch (higher is
+    better: the task's selection metric), named by ``metric`` in the curve. ``loss_fn(model,
     batch)`` replaces the model's own loss (e.g. label-word cross-entropy for prompt-based
     few-shot classification)."""
-    from transformers import get_linear_schedule_with_warmup
-
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel is ~5x faster than the default foreach AdamW on CPU
-    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"], fused=True)
-    per_epoch = steps_per_epoch(len(train), hp["batch_size"])
-    total_steps = per_epoch * hp["epochs"]
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(hp["warmup_ratio"] * total_steps), total_steps)
+    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+    per_epoch = steps_per_epoch(len(train), hp.batch_size)
+    total_steps = per_epoch * hp.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total_steps), total_steps)
     order_rng = torch.Generator().manual_seed(seed)
     result = TrainResult()
     best_state = None
     step = 0
-    for epoch in range(1, hp["epochs"] + 1):
+    for epoch in range(1, hp.epochs + 1):
         model.train()
         started = time.perf_counter()
         loss_sum, loss_n = 0.0, 0
-        for idx in batch_order(train, hp["batch_size"], hp.get("group_by_length", False), order_rng):
+        for idx in batch_order(train, hp.batch_size, hp.group_by_length, order_rng):
             batch = collate([train.features[i] for i in idx], pad_id)
             if train.labels and loss_fn is None:
                 batch["labels"] = torch.tensor([train.labels[i] for i in idx], dtype=torch.long)
-            with _autocast(hp["precision"]):
+            with autocast(hp.precision):
                 loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate "
-                    f"(now {hp['lr']}) or use precision: fp32")
+                    f"(now {hp.lr}) or use precision: fp32")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
             optimizer.step()
             step += 1
             if on_step is not None:
@@ -176,21 +143,18 @@ def train_model(
             loss_n += len(idx)
             result.examples_seen += len(idx)
             if progress is not None:
-                progress({"event": "step", "epoch": epoch, "epochs": hp["epochs"], "step": step,
+                progress({"event": "step", "epoch": epoch, "epochs": hp.epochs, "step": step,
                           "total_steps": total_steps, "loss": loss_sum / loss_n})
         result.train_seconds += time.perf_counter() - started
-        if callable(validation):
-            val_acc = validation(model)
-        else:
-            val_acc = accuracy_of(model, validation, pad_id, hp["eval_batch_size"], hp["precision"])
+        val_acc = validate(model)
         result.curve.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), f"validation_{metric}": val_acc})
         if progress is not None:
-            progress({"event": "epoch", "epoch": epoch, "epochs": hp["epochs"], "train_loss": loss_sum / max(loss_n, 1),
+            progress({"event": "epoch", "epoch": epoch, "epochs": hp.epochs, "train_loss": loss_sum / max(loss_n, 1),
                       "validation": val_acc, "metric": metric})
         if val_acc > result.best_validation:
             result.best_validation, result.best_epoch = val_acc, epoch
-            best_state = trainable_state(model) if epoch < hp["epochs"] else None
-    if best_state is not None and result.best_epoch != hp["epochs"]:
+            best_state = trainable_state(model) if epoch < hp.epochs else None
+    if best_state is not None and result.best_epoch != hp.epochs:
         load_trainable_state(model, best_state)
     model.eval()
     return result

@@ -9,6 +9,7 @@ goes to the trial's ``log.txt``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 # imported once by the fork server, inherited by every trial process
 PRELOAD = ["torch", "transformers", "transformers.modeling_utils", "peft", "pefteval.trial", "pefteval.train",
-           "pefteval.tasks", "transformers.models.bert.modeling_bert"]
+           "pefteval.tasks", "pefteval.kinds", "transformers.models.bert.modeling_bert"]
 _context: Any = None
 
 
@@ -31,20 +32,23 @@ def context() -> Any:
 
 
 def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
-    import json
-
     log = open(Path(run_dir) / "log.txt", "a", buffering=1)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
 
+    # imported here, after the output is redirected: everything the libraries print goes to log.txt
+    from pefteval.config import TrialConfig
     from pefteval.errors import TrainingDiverged, UserError
+    from pefteval.record import peak_rss_mb
     from pefteval.store import atomic_write_json
-    from pefteval.trial import peak_rss_mb, run_trial
+    from pefteval.trial import run_trial
 
-    config = json.loads((Path(run_dir) / "trial.json").read_text())
+    written = json.loads((Path(run_dir) / "trial.json").read_text())
     try:
-        record = run_trial(config, Path(data_dir) if data_dir else None, Path(run_dir), conn.send)
+        trial = TrialConfig.from_json(written)
+        record = run_trial(trial, Path(data_dir) if data_dir else None, Path(run_dir), written.get("key", ""),
+                           conn.send)
     except (TrainingDiverged, UserError) as err:
         record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "peak_rss_mb": peak_rss_mb()}
     except Exception as err:  # noqa: BLE001 - recorded as a failed trial, the sweep goes on

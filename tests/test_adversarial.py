@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pefteval.adversarial import squad as adv
-from pefteval.adversarial.statements import FALLBACK, negated_statement, statement_or_fallback
 from pefteval.config import AttackConfig, DataConfig
 from pefteval.errors import UserError
-from pefteval.metrics import normalize_answer
-from pefteval.tasks import QAExample, source_id
-from pefteval.tasks.squad import adversarial_sources, make_splits, read_squad_json
+from pefteval.tasks import QAExample
+from pefteval.tasks.squad import adversarial_sources, make_splits
+from pefteval.tasks.squad import attacks as adv
+from pefteval.tasks.squad.data import read_squad_json, source_id
+from pefteval.tasks.squad.metrics import normalize_answer
+from pefteval.tasks.squad.statements import FALLBACK, negated_statement, statement_or_fallback
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEV, ADDSENT = DATA / "squad" / "dev-v1.1.json", DATA / "adversarial_squad" / "AddSent.json"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from pefteval.analysis.probe import Probe, make_probe, probe_loss
+from pefteval.analysis.probe import Probe, make_probe
 from pefteval.analysis.sensitivity import effective_model, measure_sensitivity, top_hessian_eigenvalue
 from pefteval.analysis.spectrum import critical_rank, effective_rank, energy, matrix_spectrum, numerical_rank
 from pefteval.analysis.weights import (
@@ -25,6 +25,7 @@ from pefteval.analysis.weights import (
     subspaces,
     tensor_stats,
 )
+from pefteval.kinds import probe_loss
 from tests.conftest import run_cli, write_sst2_layout
 
 # ------------------------------------------------------------------ spectrum (Theorem 3)
@@ -126,7 +127,7 @@ def _apply(model, spec):
     from pefteval.methods import apply_method
 
     method = TypeAdapter(MethodConfig).validate_python(spec)
-    return apply_method(model, method, 10, False).model
+    return apply_method(model, method, 10).model
 
 
 def _train_randomly(model, scale=0.05):
@@ -239,13 +240,14 @@ def test_sensitivity_of_a_tiny_model(tiny_bert_dir):
 
 
 def test_a_failed_analysis_capture_keeps_the_trial(monkeypatch, tmp_path):
-    import pefteval.analysis.capture as capture
+    import pefteval.trial as trial_module
     from pefteval.trial import finish
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(capture, "finish_trial", broken)
+    # trial.py imports finish_trial from pefteval.analysis.capture at module level
+    monkeypatch.setattr(trial_module, "finish_trial", broken)
     record = finish({"status": "complete", "metrics": {"test": {"accuracy": 0.9}}, "notes": []}, {}, None, tmp_path,
                     None, None, None)
     assert record["status"] == "complete" and record["metrics"]["test"]["accuracy"] == 0.9

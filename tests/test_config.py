@@ -9,15 +9,20 @@ import yaml
 
 from pefteval.config import (
     AdaLoraMethod,
+    DataConfig,
+    DataOverride,
     FFTMethod,
     IA3Method,
     LoraMethod,
     PrefixMethod,
     TrainingConfig,
+    TrainingOverride,
     load_config,
     parse_config,
 )
 from pefteval.errors import ConfigError, UserError
+
+from .conftest import DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,6 +175,108 @@ def test_per_task_data_override_merges():
     assert rte.validation_size == 0.2 and rte.split_seed == 3
     assert sst2.max_train_examples == 500 and sst2.train_from == "auto"
     assert exp.data.max_train_examples == 500
+
+
+def test_task_data_overrides_every_data_field():
+    # split_seed and k_shot were missing from the hand-written override; a None means "not set"
+    exp = parse_config(base(
+        tasks=["sst2", "rte"],
+        data={"max_train_examples": 500, "split_seed": 3, "attack": {"max_queries": 24, "seed": 1}},
+        task_data={"rte": {"split_seed": 7, "k_shot": [4, 8], "max_train_examples": None, "attack": {"seed": 5}}},
+    ))
+    rte, sst2 = exp.data_for("rte"), exp.data_for("sst2")
+    assert rte.split_seed == 7 and rte.k_shot == [4, 8]
+    assert rte.max_train_examples == 500  # None in an override keeps the experiment's value
+    assert sst2.split_seed == 3 and sst2.k_shot is None
+    # a nested model is overridden whole: the task's attack is AttackConfig(seed=5), not a field-wise merge
+    assert rte.attack.seed == 5 and rte.attack.max_queries == 1200
+    assert sst2.attack.seed == 1 and sst2.attack.max_queries == 24
+
+
+def test_override_models_have_every_base_field():
+    # derived from the base models, so a new field is overridable at once and constraints cannot diverge
+    for base_model, override in [(TrainingConfig, TrainingOverride), (DataConfig, DataOverride)]:
+        assert list(override.model_fields) == list(base_model.model_fields)
+        for name, field in base_model.model_fields.items():
+            assert override.model_fields[name].default is None, name
+            assert override.model_fields[name].metadata == field.metadata, name
+        assert override().model_dump(exclude_none=True) == {}
+        base_validators = base_model.__pydantic_decorators__.field_validators
+        override_validators = override.__pydantic_decorators__.field_validators
+        assert {k: v.info.fields for k, v in override_validators.items()} == \
+            {k: v.info.fields for k, v in base_validators.items()}
+    assert DataOverride(k_shot=None).k_shot is None  # the base's validators let "not set" through
+
+
+@pytest.mark.parametrize("k_shot", [0, [], [4, 0]])
+def test_bad_task_data_k_shot_names_its_path(k_shot):
+    # used to pass validation and crash later in data_for with a raw pydantic traceback
+    msg = error_of(base(task_data={"sst2": {"k_shot": k_shot}}))
+    assert msg.splitlines() == [
+        "exp.yaml: invalid experiment config",
+        "  task_data.sst2.k_shot: k_shot must be a positive number of examples per class, "
+        f"or a non-empty list of them (got {k_shot!r})",
+    ]
+
+
+@pytest.mark.parametrize(("training", "path", "needle"), [
+    ({"lr": -1}, "methods[1].training.lr", "learning rates must be > 0 (got -1)"),
+    ({"lr": [1e-3, 1e-3]}, "methods[1].training.lr", "grid values must be distinct"),
+    ({"warmup_ratio": 2}, "methods[1].training.warmup_ratio", "warmup_ratio must be between 0 and 1 (got 2)"),
+    ({"batch_size": 0}, "methods[1].training.batch_size", "batch_size must be >= 1"),
+    ({"epochs": 0}, "methods[1].training.epochs", "Input should be greater than or equal to 1 (got 0)"),
+    ({"precision": "fp16"}, "methods[1].training.precision", "Input should be 'bf16' or 'fp32' (got 'fp16')"),
+])
+def test_bad_method_training_override_names_its_path(training, path, needle):
+    msg = error_of(base(methods=[{"type": "fft"}, {"type": "lora", "training": training}]))
+    assert f"  {path}: {needle}" in msg
+
+
+def test_bad_task_data_values_name_their_paths():
+    msg = error_of(base(tasks=["sst2", "rte"], task_data={"rte": {"dev_test_fraction": 1.0, "validation_size": 0}}))
+    assert "  task_data.rte.dev_test_fraction: Input should be less than 1 (got 1.0)" in msg
+    assert "  task_data.rte.validation_size: Input should be greater than 0 (got 0)" in msg
+
+
+def test_misspelt_task_data_field_suggests_the_close_one():
+    msg = error_of(base(tasks=["sst2", "rte"], task_data={"rte": {"split_sed": 1}}))
+    line = next(x for x in msg.splitlines() if "task_data.rte.split_sed" in x)
+    assert "unknown field 'split_sed' (did you mean 'split_seed'?); allowed fields here: " in line
+    assert line.endswith(", ".join(DataConfig.model_fields))
+    msg = error_of(base(task_data={"sst2": {"attack": {"max_query": 5}}}))
+    assert "task_data.sst2.attack.max_query" in msg and "did you mean 'max_queries'?" in msg
+
+
+def test_invalid_merges_are_config_errors_with_paths():
+    # overrides that skipped validation (built directly, model_copy) are still reported with their path:
+    # at parse time by the experiment's merge check, later by data_for / training_for
+    lora = {"type": "lora", "training": TrainingOverride.model_construct(lr=-1.0)}
+    msg = error_of(base(task_data={"sst2": DataOverride.model_construct(k_shot=0)}, methods=[{"type": "fft"}, lora]))
+    assert "  task_data.sst2.k_shot: k_shot must be a positive number" in msg
+    assert "  methods[1].training.lr: learning rates must be > 0 (got -1.0)" in msg
+    exp = parse_config(base())
+    bad = exp.model_copy(update={"task_data": {"sst2": DataOverride.model_construct(k_shot=0)}})
+    with pytest.raises(ConfigError, match=r"task_data\.sst2\.k_shot: k_shot must be a positive number"):
+        bad.data_for("sst2")
+    method = exp.methods[0].model_copy(update={"training": TrainingOverride.model_construct(warmup_ratio=2.0)})
+    bad = exp.model_copy(update={"methods": [method]})
+    with pytest.raises(ConfigError, match=r"methods\[0\]\.training\.warmup_ratio: warmup_ratio must be between"):
+        bad.training_for(method)
+
+
+def test_cli_run_reports_bad_override_before_training(cli, tmp_path):
+    cfg = base(tasks=["sst2"], seeds=[0], task_data={"sst2": {"k_shot": 0}},
+               methods=[{"type": "fft"}, {"type": "lora", "training": {"warmup_ratio": 2}}])
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = tmp_path / "out"
+    proc = cli("run", path, "--out", out, "--data-dir", DATA_DIR)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: invalid experiment config")
+    assert "  task_data.sst2.k_shot: k_shot must be a positive number of examples per class" in proc.stderr
+    assert "  methods[1].training.warmup_ratio: warmup_ratio must be between 0 and 1 (got 2)" in proc.stderr
+    assert not out.exists()  # nothing planned or trained
 
 
 def test_load_config_missing_file(tmp_path):

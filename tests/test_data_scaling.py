@@ -14,7 +14,7 @@ from pefteval.plan import plan_trials, trial_key
 from pefteval.report import build_table, render_csv, render_markdown
 from pefteval.report.datascaling import plot_data_scaling
 from pefteval.tasks import Example
-from pefteval.trial import fewshot_samples
+from pefteval.tasks.fewshot import fewshot_samples
 
 from .conftest import run_cli, write_sst2_layout
 
@@ -111,9 +111,22 @@ def test_k_shot_sweep_through_the_cli(tmp_path, tiny_llama_dir, tiny_bert_dir):
     result = json.loads(next(r for r in runs if r.name.startswith("sst2-k4__fft__seed0")).joinpath("result.json")
                         .read_text())
     assert result["k_shot"] == 4 and result["train_examples"] == 8 and result["metrics"]["test"]["n"] == 24
-    sample = json.loads(next(r for r in runs if r.name.startswith("sst2-k2__fft__seed0"))
-                        .joinpath("predictions.json").read_text())["train_sample"]
-    assert sorted(x["label"] for x in sample) == [0, 0, 1, 1]
+    k2 = next(r for r in runs if r.name.startswith("sst2-k2__fft__seed0"))
+    predictions = json.loads(k2.joinpath("predictions.json").read_text())
+    assert set(predictions) == {"validation", "test"} and len(predictions["test"]) == 24
+    assert set(predictions["test"][0]) == {"id", "prediction", "target", "score"}
+    # the k-shot training sample is saved beside the predictions, and is what the trial's task draws
+    # again from the trial's data settings and seed
+    from pefteval.config import TrialConfig
+    from pefteval.tasks import get_task
+
+    saved = json.loads(k2.joinpath("train_sample.json").read_text())
+    assert sorted(x["label"] for x in saved) == [0, 0, 1, 1]
+    assert {x["label_name"] for x in saved} == {"negative", "positive"}
+    trial = TrialConfig.from_json(json.loads(k2.joinpath("trial.json").read_text()))
+    sample = get_task(trial.task).splits(data, trial.data, trial.seed).train
+    assert [(x.text_a, x.label) for x in sample] == [(x["text"], x["label"]) for x in saved]
+    assert json.loads(k2.joinpath("result.json").read_text())["train_examples"] == len(sample)
     # an encoder cannot score label words
     cfg["model"] = str(tiny_bert_dir)
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(cfg))

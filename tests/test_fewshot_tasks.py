@@ -220,27 +220,26 @@ def _pool(per_class: tuple[int, ...]) -> list[Example]:
 
 
 def test_k_shot_is_k_per_class_and_seeded():
+    # the k-shot sample of a trial (sample_k_shot was dead code; fewshot_samples draws it)
     pool = _pool((30, 40, 25))
-    sample = fs.sample_k_shot(pool, 5, seed=42)
-    assert _counts(sample) == (5, 5, 5) and len(set(sample)) == 15
+    sample, validation, notes = fs.fewshot_samples(pool, 3, 5, seed=42)
+    assert _counts(sample) == (5, 5, 5) and len(set(sample)) == 15 and not notes
     assert all(x in pool for x in sample)
-    assert [pool.index(x) for x in sample] == sorted(pool.index(x) for x in sample)  # pool order
-    assert fs.sample_k_shot(pool, 5, seed=42) == sample
-    assert fs.sample_k_shot(pool, 5, seed=0) != sample
+    assert fs.fewshot_samples(pool, 3, 5, seed=42)[0] == sample
+    assert fs.fewshot_samples(pool, 3, 5, seed=0)[0] != sample
     # for one seed, a smaller k's sample is inside a larger k's (documented choice)
-    assert set(sample) <= set(fs.sample_k_shot(pool, 20, seed=42))
-    validation = fs.sample_k_shot(pool, 5, seed=42, exclude=sample)
+    assert set(sample) <= set(fs.fewshot_samples(pool, 3, 20, seed=42)[0])
+    # the validation sample is disjoint from it
     assert not set(validation) & set(sample) and _counts(validation) == (5, 5, 5)
 
 
-def test_k_shot_needs_k_examples_in_every_class():
+def test_k_shot_with_too_few_examples_in_a_class():
     pool = _pool((30, 4, 25))
-    with pytest.raises(DataError, match=r"k=5 .*class 1: 4"):
-        fs.sample_k_shot(pool, 5, seed=0)
-    with pytest.raises(DataError, match="class 3: 0"):
-        fs.sample_k_shot(_pool((5, 5, 5)), 5, seed=0, num_classes=4)
-    with pytest.raises(ValueError):
-        fs.sample_k_shot(pool, 0, seed=0)
+    sample, validation, notes = fs.fewshot_samples(pool, 3, 5, seed=0)
+    assert _counts(sample) == (5, 2, 5) and _counts(validation) == (5, 2, 5)
+    assert notes == ["class 1: only 2 training examples for k=5 (pool 4, 2 kept for validation)"]
+    with pytest.raises(DataError, match=r"class 3 has 0 example\(s\)"):
+        fs.fewshot_samples(_pool((5, 5, 5)), 4, 5, seed=0)
 
 
 # --- prompts ------------------------------------------------------------------------------------------
@@ -275,7 +274,7 @@ def test_spec_validation():
 
 
 def test_demonstrations_one_per_class_never_the_query():
-    pool = fs.sample_k_shot(_pool((10, 10, 10)), 2, seed=1)
+    pool = fs.fewshot_samples(_pool((10, 10, 10)), 3, 2, seed=1)[0]
     groups = fs.group_by_class(pool, 3)
     for query in pool:
         for seed in range(20):
@@ -350,7 +349,7 @@ def _squash(text: str) -> str:
 
 
 def test_encode_ends_at_the_empty_label_slot(lm_tokenizer):
-    from pefteval.fewshot import encode_fewshot, special_prefix
+    from pefteval.kinds.label_words import encode_fewshot, special_prefix
 
     spec = fs.get_spec("sst2")
     pool = [Example(f"film number {i}", None, i % 2) for i in range(8)]
@@ -371,7 +370,7 @@ def test_encode_ends_at_the_empty_label_slot(lm_tokenizer):
 
 
 def test_truncation_cuts_demonstrations_not_the_query(lm_tokenizer):
-    from pefteval.fewshot import encode_fewshot, special_prefix
+    from pefteval.kinds.label_words import encode_fewshot, special_prefix
 
     spec = fs.get_spec("sst2")
     long = " ".join(f"word{i}" for i in range(200))
@@ -395,7 +394,7 @@ def test_truncation_cuts_demonstrations_not_the_query(lm_tokenizer):
 
 
 def _agnews_data(lm_tokenizer, n: int = 6):
-    from pefteval.fewshot import encode_fewshot
+    from pefteval.kinds.label_words import encode_fewshot
 
     spec = fs.get_spec("agnews")
     pool = [Example(f"story {i} " + "about things " * (i % 5), None, i % 4) for i in range(12)]
@@ -406,7 +405,7 @@ def _agnews_data(lm_tokenizer, n: int = 6):
 def test_label_word_logits_read_the_recorded_position(lm_tokenizer, tiny_llama, side):
     import torch
 
-    from pefteval.fewshot import collate_fewshot, label_word_logits
+    from pefteval.kinds.label_words import collate_fewshot, label_word_logits
 
     spec, pool, data = _agnews_data(lm_tokenizer)
     lengths = {len(f["input_ids"]) for f in data.features}
@@ -434,7 +433,7 @@ def test_fewshot_loss_fits_eight_examples(lm_tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pefteval.fewshot import collate_fewshot, encode_fewshot, fewshot_loss, predict_encoded
+    from pefteval.kinds.label_words import collate_fewshot, encode_fewshot, fewshot_loss, predict_encoded
 
     spec = fs.get_spec("sst2")
     words = "red blue green tree house road car bird fish lamp".split()
@@ -461,14 +460,13 @@ def test_fewshot_loss_fits_eight_examples(lm_tokenizer):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_predict_fewshot_is_the_argmax(lm_tokenizer, tiny_llama, side, monkeypatch):
+def test_predict_encoded_is_the_argmax(lm_tokenizer, tiny_llama, side):
     import torch
 
-    from pefteval.fewshot import collate_fewshot, label_word_logits, predict_fewshot
+    from pefteval.kinds.label_words import collate_fewshot, label_word_logits, predict_encoded
 
     spec, pool, data = _agnews_data(lm_tokenizer, n=12)
-    monkeypatch.setattr(lm_tokenizer, "padding_side", side)
-    preds = predict_fewshot(tiny_llama, lm_tokenizer, spec, pool, pool, seed=3, max_length=256, batch_size=5)
+    preds = predict_encoded(tiny_llama, data, lm_tokenizer.pad_token_id, batch_size=5, padding_side=side)
     with torch.no_grad():
         expected = [int(label_word_logits(tiny_llama, collate_fewshot([f], lm_tokenizer.pad_token_id),
                                           data.label_token_ids).argmax()) for f in data.features]
@@ -485,7 +483,7 @@ def test_label_word_logits_through_peft_adapters(lm_tokenizer, method, side):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pefteval.fewshot import _keeps_logits, collate_fewshot, label_word_logits
+    from pefteval.kinds.label_words import _keeps_logits, collate_fewshot, label_word_logits
 
     _, _, data = _agnews_data(lm_tokenizer, n=4)
     config = LlamaConfig(vocab_size=len(lm_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from pefteval.gen_metrics import clean_sql_output, score_generation
-from pefteval.lm import chat_prompt, prepare_lm_train
-from pefteval.tasks.generation import GenExample
+from pefteval.gen_metrics import clean_sql_output
+from pefteval.kinds.generative import chat_prompt, encode_prompt_target
+from pefteval.tasks import get_task
+from pefteval.tasks.generation import PROMPTING, GenExample
 
 from .conftest import run_cli
 
@@ -23,7 +24,7 @@ def test_labels_cover_only_the_target_and_long_prompts_are_left_out(tiny_llama_d
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     examples = [GenExample("a", "Convert: the game is great", "inform(rating[excellent])"),
                 GenExample("b", "word " * 300, "x")]
-    enc, skipped = prepare_lm_train(examples, tok, max_length=64)
+    enc, skipped = encode_prompt_target(examples, tok, max_length=64, prompting=PROMPTING)
     assert skipped == 1 and len(enc) == 1
     feat = enc.features[0]
     prompt_len = len(tok(chat_prompt(tok, examples[0].prompt), add_special_tokens=False)["input_ids"])
@@ -31,6 +32,11 @@ def test_labels_cover_only_the_target_and_long_prompts_are_left_out(tiny_llama_d
     target = feat["labels"][prompt_len:]
     assert target[-1] == tok.eos_token_id and target == feat["input_ids"][prompt_len:]
     assert tok.decode(target[:-1]).replace(" ", "") == "inform(rating[excellent])"
+
+
+def score_generation(task, predictions, examples):
+    """A split's metrics by the task's own scorer."""
+    return get_task(task).score(predictions, examples, False).metrics
 
 
 def test_score_generation_per_task(tmp_path):
@@ -57,8 +63,6 @@ def test_score_generation_per_task(tmp_path):
     assert m["accuracy"] == 0.5 and m["exact_match"] == 0.0 and m["gold_errors"] == 0
     assert sqlite3.connect(db).execute("SELECT count(*) FROM singer").fetchone() == (2,)
     assert clean_sql_output("SELECT 1; DROP TABLE x") == "SELECT 1"
-    with pytest.raises(KeyError, match="no generation metric"):
-        score_generation("sst2", [], [])
 
 
 def write_generation_layout(root: Path) -> Path:
@@ -103,7 +107,7 @@ def test_tiny_generation_sweep_end_to_end(tmp_path, tiny_llama_dir):
         result = json.loads((run / "result.json").read_text())
         assert result["metrics"]["test"]["n"] == 6 and 0.0 <= result["metrics"]["test"]["accuracy"] <= 1.0
         preds = json.loads((run / "predictions.json").read_text())
-        assert len(preds["test"]) == 6 and all("target" in v for v in preds["test"].values())
+        assert len(preds["test"]) == 6 and all("target" in v for v in preds["test"])
     lora = json.loads(next(r for r in runs if "lora" in r.name and "viggo" in r.name).joinpath("result.json")
                       .read_text())
     assert lora["params"]["trainable"] < lora["params"]["total"] / 2
@@ -128,7 +132,7 @@ def test_lora_on_a_decoder_defaults_to_the_papers_targets(tiny_llama_dir):
     from pefteval.methods import apply_method
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
-    applied = apply_method(model, LoraMethod(type="lora"), 10, True, task_kind="generation")
+    applied = apply_method(model, LoraMethod(type="lora"), 10, head="lm", paper_lora_targets=True)
     import re
 
     wrapped = {m.group(1) for name, _ in applied.model.named_parameters()
@@ -165,7 +169,7 @@ def test_smollm2_generation_and_few_shot_trials(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| Method | viggo | Average |" in proc.stdout and "| lora | 2 |" in proc.stdout
     viggo = json.loads(next((out / "runs").glob("viggo__lora*")).joinpath("predictions.json").read_text())
-    assert len(viggo["test"]) == 4 and all(v["prediction"] for v in viggo["test"].values())
+    assert len(viggo["test"]) == 4 and all(v["prediction"] for v in viggo["test"])
     fewshot = json.loads(next((out / "runs").glob("sst2-k2__lora*")).joinpath("result.json").read_text())
     assert fewshot["train_examples"] == 4 and fewshot["metrics"]["test"]["n"] == 4
 
@@ -179,27 +183,26 @@ def test_every_method_trains_and_generates_on_a_decoder(tiny_llama_dir, method):
     from pydantic import TypeAdapter
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pefteval.config import MethodConfig
+    from pefteval.config import MethodConfig, TrainingConfig
+    from pefteval.kinds.generative import generate_answers
     from pefteval.methods import apply_method
-    from pefteval.qa import generate_answers
     from pefteval.train import train_model
 
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
     examples = [GenExample(str(i), f"Say {w}", w) for i, w in enumerate(["red", "blue", "green", "red"] * 2)]
-    train, _ = prepare_lm_train(examples, tok, 64)
+    train, _ = encode_prompt_target(examples, tok, 64, PROMPTING)
     cfg = TypeAdapter(MethodConfig).validate_python(method)
-    applied = apply_method(model, cfg, 4, True, task_kind="generation")
+    applied = apply_method(model, cfg, 4, head="lm", paper_lora_targets=True)
     assert 0 < applied.trainable_params < applied.total_params
     before = {n: p.detach().clone() for n, p in applied.model.named_parameters() if p.requires_grad}
-    hp = {"epochs": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-          "precision": "fp32", "group_by_length": False, "eval_batch_size": 4}
+    hp = TrainingConfig(epochs=2, batch_size=4, lr=1e-2, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                        precision="fp32", group_by_length=False, eval_batch_size=4)
     result = train_model(applied.model, train, lambda _m: 0.0, hp, 0, tok.pad_token_id, on_step=applied.on_step)
     assert result.examples_seen == 16
     assert any(not torch.equal(before[n], p) for n, p in applied.model.named_parameters() if n in before)
-    out = generate_answers(applied.model, tok, [chat_prompt(tok, x.prompt) for x in examples[:3]], 3, 4, "fp32",
-                           first_line=False)
+    out = generate_answers(applied.model, tok, [chat_prompt(tok, x.prompt) for x in examples[:3]], 3, 4, "fp32")
     assert len(out) == 3
 
 
@@ -212,4 +215,4 @@ def test_bitfit_on_a_bias_free_decoder_is_a_clear_error(tiny_llama_dir):
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
     with pytest.raises(UserError, match="no bias terms"):
-        apply_method(model, BitFitMethod(type="bitfit"), 4, True, task_kind="generation")
+        apply_method(model, BitFitMethod(type="bitfit"), 4, head="lm", paper_lora_targets=True)

@@ -35,7 +35,7 @@ def test_sst2_from_hub_uses_train_and_validation(monkeypatch):
 
     calls: list = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls))
-    splits = get_task("sst2").loader(None, DataConfig(validation_size=0.2))
+    splits = get_task("sst2").splits(None, DataConfig(validation_size=0.2))
     assert ("nyu-mll/glue", "sst2", "train") in calls
     assert ("nyu-mll/glue", "sst2", "validation") in calls
     assert ("AI-secure/adv_glue", "adv_sst2", "validation") in calls
@@ -50,7 +50,7 @@ def test_mnli_mm_from_hub_tests_on_mismatched(monkeypatch):
 
     calls: list = []
     monkeypatch.setattr(datasets, "load_dataset", _fake_hub(calls))
-    splits = get_task("mnli-mm").loader(None, DataConfig())
+    splits = get_task("mnli-mm").splits(None, DataConfig())
     assert ("nyu-mll/glue", "mnli", "validation_mismatched") in calls
     assert ("AI-secure/adv_glue", "adv_mnli_mismatched", "validation") in calls
     assert all(x.text_a.startswith("validation_mismatched") for x in splits.test)
@@ -65,4 +65,4 @@ def test_hub_failure_is_a_clear_data_error(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="--data-dir"):
-        get_task("rte").loader(None, DataConfig())
+        get_task("rte").splits(None, DataConfig())

@@ -49,7 +49,7 @@ def tiny(tiny_bert_dir):
 
 def _apply(tiny, method):
     model, tokenizer = tiny()
-    applied = apply_method(model, method, total_steps=100, is_decoder=False)
+    applied = apply_method(model, method, total_steps=100)
     return applied, tokenizer
 
 

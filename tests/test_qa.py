@@ -16,21 +16,15 @@ import yaml
 
 from pefteval.config import DataConfig, parse_config
 from pefteval.errors import DataError
-from pefteval.metrics import normalize_answer, squad_metrics, squad_scores
+from pefteval.kinds.extractive_qa import best_span, predict_extractive, prepare_eval_windows, prepare_train_windows
+from pefteval.kinds.generative import encode_prompt_target, generate_answers
 from pefteval.plan import drop_clipped_duplicates
-from pefteval.qa import (
-    best_span,
-    clean_generated,
-    generate_answers,
-    predict_extractive,
-    prepare_eval_windows,
-    prepare_generative_train,
-    prepare_train_windows,
-)
-from pefteval.tasks import QAExample, source_id
-from pefteval.tasks.squad import make_splits, read_squad_json
+from pefteval.tasks import QAExample
+from pefteval.tasks.squad import PROMPTING, clean_generated, make_splits
+from pefteval.tasks.squad.data import read_squad_json, source_id
+from pefteval.tasks.squad.metrics import normalize_answer, squad_metrics, squad_scores
 
-from .conftest import TINY, run_cli
+from .conftest import run_cli
 
 # ---------------------------------------------------------------- metrics
 
@@ -69,13 +63,17 @@ def test_worst_case_per_source_question():
         squad_metrics(["a"], [["a"]], ["g1", "g2"])
 
 
-def test_evaluate_qa_split_caches_originals_and_reports_their_clean_score():
-    from pefteval.trial import evaluate_qa_split
+def test_evaluator_caches_originals_and_squad_scores_report_their_clean_score():
+    from pefteval.evaluation import Evaluator
+    from pefteval.tasks import get_task
+    from pefteval.tasks.squad import score_squad
 
-    class Predictor:
+    class Kind:
+        """Stands in for the trial's kind: what the evaluator asks to predict."""
+
         calls: list[str] = []
 
-        def predict(self, examples):
+        def predict(self, model, examples):
             self.calls += [x.id for x in examples]
             return ["wrong" if "turk" in x.id else x.answers[0] for x in examples]
 
@@ -83,12 +81,17 @@ def test_evaluate_qa_split_caches_originals_and_reports_their_clean_score():
         return QAExample(id=i, question="q?", context=ctx, answers=("right",), answer_starts=(0,))
 
     adv = [ex("a"), ex("a-high-conf-turk0", "c x"), ex("b"), ex("b-high-conf-turk0", "c y")]
-    pred, cache = Predictor(), {}
-    m1, _ = evaluate_qa_split(pred, adv, adversarial=True, cache=cache)
-    m2, _ = evaluate_qa_split(pred, [ex("a"), ex("b")], adversarial=False, cache=cache)
-    assert pred.calls == ["a", "a-high-conf-turk0", "b", "b-high-conf-turk0"]  # originals predicted once
+    kind = Kind()
+    evaluator = Evaluator(get_task("squad"), kind, model=None)
+    evaluator.evaluate("AddSent", adv, adversarial=True)
+    evaluator.evaluate("test", [ex("a"), ex("b")], adversarial=False)
+    m1, m2 = evaluator.metrics["AddSent"], evaluator.metrics["test"]
+    assert kind.calls == ["a", "a-high-conf-turk0", "b", "b-high-conf-turk0"]  # originals predicted once
     assert m1["worst_exact_match"] == 0.0 and m1["source_exact_match"] == 1.0 and m1["source_f1"] == 1.0
     assert m2 == {"exact_match": 1.0, "f1": 1.0, "n": 2}
+    # the scorer alone gives the same metrics, and each question's own F1
+    scored = score_squad(["right", "wrong", "right", "wrong"], adv, adversarial=True)
+    assert scored.metrics == m1 and scored.per_example == [1.0, 0.0, 1.0, 0.0]
 
 
 # ---------------------------------------------------------------- extractive preprocessing
@@ -203,7 +206,8 @@ def tiny_llama(bert_tokenizer):
 def test_generative_labels_cover_only_the_answer(tiny_llama):
     _, tok = tiny_llama
     examples = hand_made()
-    enc = prepare_generative_train(examples, tok, max_length=96)
+    enc, left_out = encode_prompt_target(examples, tok, max_length=96, prompting=PROMPTING)
+    assert left_out == 0 and len(enc) == len(examples)  # long prompts are shortened, never left out
     for feat, x in zip(enc.features, examples):
         ids, labels = feat["input_ids"], feat["labels"]
         assert len(ids) == len(labels) <= 96
@@ -458,7 +462,7 @@ def test_squad_from_the_hub(monkeypatch, tmp_path):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setenv("PEFTEVAL_CACHE_DIR", str(tmp_path))
-    splits = get_task("squad").loader(None, DataConfig(validation_size=0.2, adversarial_sets=["AddSent", "AddAnsCtx"]))
+    splits = get_task("squad").splits(None, DataConfig(validation_size=0.2, adversarial_sets=["AddSent", "AddAnsCtx"]))
     assert ("rajpurkar/squad", None, "train") in calls and ("rajpurkar/squad", None, "validation") in calls
     assert ("stanfordnlp/squad_adversarial", "AddSent", "validation") in calls
     assert len(splits.train) == 24 and len(splits.validation) == 6 and len(splits.test) == 10
@@ -470,4 +474,4 @@ def test_squad_from_the_hub(monkeypatch, tmp_path):
     bad[1]["answers"] = {"text": ["nowhere"], "answer_start": [0]}
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: bad)
     with pytest.raises(DataError, match="row 1"):
-        get_task("squad").loader(None, DataConfig())
+        get_task("squad").splits(None, DataConfig())

@@ -31,7 +31,7 @@ DEV_TASKS = ["qnli", "qqp", "mnli"]
 
 
 def load(task: str, data_dir: Path, **data) -> object:
-    return get_task(task).loader(data_dir, DataConfig(**data))
+    return get_task(task).splits(data_dir, DataConfig(**data))
 
 
 def source_dev(task: str, data_dir: Path) -> list[Example]:

@@ -10,17 +10,16 @@ from collections import Counter
 import pytest
 import torch
 
-from pefteval.config import FFTMethod, LoraMethod
+from pefteval.config import FFTMethod, LoraMethod, TrainingConfig
 from pefteval.errors import TrainingDiverged
+from pefteval.kinds.classification import encode, predict
 from pefteval.methods import apply_method, trainable_state
+from pefteval.metrics import accuracy
 from pefteval.tasks import Example
 from pefteval.train import (
     Encoded,
-    accuracy_of,
     batch_order,
     collate,
-    encode,
-    predict,
     steps_per_epoch,
     train_model,
 )
@@ -37,7 +36,16 @@ def hp(**kw):
     base = dict(lr=5e-3, weight_decay=0.0, batch_size=32, epochs=8, warmup_ratio=0.1, max_grad_norm=1.0,
                 precision="bf16", eval_batch_size=64, group_by_length=True)
     base.update(kw)
-    return base
+    return TrainingConfig(**base)
+
+
+def accuracy_of(model, data, pad_id, batch_size, precision):
+    return accuracy(predict(model, data, pad_id, batch_size, precision), data.labels)
+
+
+def val_acc(val, tokenizer):
+    """What train_model scores each epoch with: accuracy on ``val`` (eval batch 64, bf16, as hp())."""
+    return lambda m: accuracy_of(m, val, tokenizer.pad_token_id, 64, "bf16")
 
 
 @pytest.fixture(scope="module")
@@ -160,13 +168,14 @@ def test_training_is_deterministic(load_model, tokenizer, data):
     runs = []
     for _ in range(2):
         model = load_model()
-        result = train_model(model, train, val, hp(epochs=2), seed=7, pad_id=tokenizer.pad_token_id)
+        result = train_model(model, train, val_acc(val, tokenizer), hp(epochs=2), seed=7, pad_id=tokenizer.pad_token_id)
         runs.append((result, params_of(model)))
     (r1, p1), (r2, p2) = runs
     assert r1.curve == r2.curve and r1.best_epoch == r2.best_epoch
     assert all(torch.equal(p1[n], p2[n]) for n in p1)
     assert r1.examples_seen == 2 * 192
-    other = train_model(load_model(), train, val, hp(epochs=2), seed=8, pad_id=tokenizer.pad_token_id)
+    other = train_model(load_model(), train, val_acc(val, tokenizer), hp(epochs=2), seed=8,
+                        pad_id=tokenizer.pad_token_id)
     assert [c["train_loss"] for c in other.curve] != [c["train_loss"] for c in r1.curve]
 
 
@@ -175,7 +184,8 @@ def test_fft_learns_a_learnable_task(load_model, tokenizer, data):
     model = load_model()
     before = accuracy_of(model, val, tokenizer.pad_token_id, 64, "bf16")
     events = []
-    result = train_model(model, train, val, hp(), seed=0, pad_id=tokenizer.pad_token_id, progress=events.append)
+    result = train_model(model, train, val_acc(val, tokenizer), hp(), seed=0, pad_id=tokenizer.pad_token_id,
+                         progress=events.append)
     assert len(result.curve) == 8
     assert [c["epoch"] for c in result.curve] == list(range(1, 9))
     assert result.curve[-1]["train_loss"] < 0.5 * result.curve[0]["train_loss"]
@@ -194,9 +204,10 @@ def test_fft_learns_a_learnable_task(load_model, tokenizer, data):
 
 def test_lora_learns_and_leaves_base_weights_untouched(load_model, tokenizer, data):
     train, val = data
-    applied = apply_method(load_model(), LoraMethod(type="lora", r=8), 100, False)
+    applied = apply_method(load_model(), LoraMethod(type="lora", r=8), 100)
     frozen_before = {n: p.detach().clone() for n, p in applied.model.named_parameters() if not p.requires_grad}
-    result = train_model(applied.model, train, val, hp(lr=2e-2, epochs=3), seed=0, pad_id=tokenizer.pad_token_id)
+    result = train_model(applied.model, train, val_acc(val, tokenizer), hp(lr=2e-2, epochs=3), seed=0,
+                         pad_id=tokenizer.pad_token_id)
     assert result.curve[-1]["train_loss"] < result.curve[0]["train_loss"]
     after = dict(applied.model.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in frozen_before.items())
@@ -208,13 +219,13 @@ def test_nan_loss_raises_training_diverged(load_model, tokenizer, data):
     with torch.no_grad():
         model.classifier.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 1, step 1"):
-        train_model(model, train, val, hp(epochs=1), seed=0, pad_id=tokenizer.pad_token_id)
+        train_model(model, train, val_acc(val, tokenizer), hp(epochs=1), seed=0, pad_id=tokenizer.pad_token_id)
 
 
 def test_huge_learning_rate_diverges(load_model, tokenizer, data):
     train, val = data
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        train_model(load_model(), train, val, hp(lr=1e30, epochs=2, warmup_ratio=0.0), seed=0,
+        train_model(load_model(), train, val_acc(val, tokenizer), hp(lr=1e30, epochs=2, warmup_ratio=0.0), seed=0,
                     pad_id=tokenizer.pad_token_id)
 
 
@@ -232,8 +243,8 @@ def test_best_epoch_weights_are_restored(load_model, tokenizer, data):
         if event["event"] == "epoch":
             snapshots[event["epoch"]] = trainable_state(model)
 
-    result = train_model(model, train, val, hp(epochs=epochs), seed=0, pad_id=tokenizer.pad_token_id,
-                         progress=progress)
+    result = train_model(model, train, val_acc(val, tokenizer), hp(epochs=epochs), seed=0,
+                         pad_id=tokenizer.pad_token_id, progress=progress)
     share_of_class0 = Counter(val.labels)[0] / len(val)
     assert result.curve[-1]["validation_accuracy"] == share_of_class0
     assert result.best_epoch < epochs
@@ -254,7 +265,8 @@ def test_last_epoch_best_keeps_final_weights(load_model, tokenizer, data):
         if event["event"] == "epoch":
             finals[event["epoch"]] = trainable_state(model)
 
-    result = train_model(model, train, val, hp(epochs=1), seed=0, pad_id=tokenizer.pad_token_id, progress=progress)
+    result = train_model(model, train, val_acc(val, tokenizer), hp(epochs=1), seed=0, pad_id=tokenizer.pad_token_id,
+                         progress=progress)
     assert result.best_epoch == 1
     now = dict(model.named_parameters())
     assert all(torch.equal(now[n], v) for n, v in finals[1].items())
@@ -262,9 +274,9 @@ def test_last_epoch_best_keeps_final_weights(load_model, tokenizer, data):
 
 def test_trainable_only_changes_under_top_k(load_model, tokenizer, data):
     train, val = data
-    applied = apply_method(load_model(), FFTMethod(type="fft", top_k_layers=1), 10, False)
+    applied = apply_method(load_model(), FFTMethod(type="fft", top_k_layers=1), 10)
     before = params_of(applied.model)
-    train_model(applied.model, train, val, hp(epochs=1, lr=1e-2, warmup_ratio=0.0), seed=0,
+    train_model(applied.model, train, val_acc(val, tokenizer), hp(epochs=1, lr=1e-2, warmup_ratio=0.0), seed=0,
                 pad_id=tokenizer.pad_token_id)
     after = params_of(applied.model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}

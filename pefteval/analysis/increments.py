@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pefteval.analysis import AnalysisResult, Run, Section, cell
+from pefteval.analysis.results import AnalysisResult, Run, Section, cell
 from pefteval.analysis.weights import PROMPT_EMBEDDINGS, module_of, tensor_stats
 from pefteval.errors import UserError
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pefteval.analysis import AnalysisResult, Run, Section, cell, fmt, mean_std, read_json
+from pefteval.analysis.results import AnalysisResult, Run, Section, cell, fmt, mean_std, read_json
 
 
 def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:
@@ -19,6 +19,7 @@ def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:
     if path.is_file():
         return read_json(path)
     from pefteval.analysis.capture import load_trained
+    from pefteval.kinds import probe_loss
 
     model, base, probe, config = load_trained(run.dir)
     if name == "bound":
@@ -29,7 +30,7 @@ def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:
         from pefteval.analysis.sensitivity import measure_sensitivity
 
         data = measure_sensitivity(model, probe.head(options.sensitivity_examples), options.rho, options.draws,
-                                   config["seed"], options.power_iterations, options.power_tol)
+                                   config.seed, options.power_iterations, options.power_tol, loss_fn=probe_loss)
     path.parent.mkdir(exist_ok=True)
     atomic_write_json(path, data)
     return data

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pefteval.train import collate
 
 TARGET_KEYS = ("labels", "start_positions", "end_positions", "class_label", "score_index")
 
@@ -32,15 +35,11 @@ class Probe:
         return {k: v for k, v in self.tensors.items() if k not in TARGET_KEYS}
 
     def save(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         meta = {"loss": self.loss, "label_ids": json.dumps(self.label_ids)}
         save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> Probe:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -50,19 +49,9 @@ class Probe:
 def make_probe(features: list[dict[str, Any]], pad_id: int, labels: list[int] | None = None, n: int = 16,
                loss: str = "model", label_ids: list[int] | None = None) -> Probe | None:
     """The first ``n`` validation features, padded as in training; None when there are none."""
-    from pefteval.train import collate
-
     if not features:
         return None
     batch = collate(features[:n], pad_id)
     if labels:
         batch["labels"] = torch.tensor(labels[:n], dtype=torch.long)
     return Probe(batch, loss, list(label_ids or []))
-
-
-def probe_loss(model: nn.Module, probe: Probe) -> torch.Tensor:
-    if probe.loss == "label_words":
-        from pefteval.fewshot import fewshot_loss
-
-        return fewshot_loss(model, dict(probe.tensors), probe.label_ids)
-    return model(**probe.tensors).loss

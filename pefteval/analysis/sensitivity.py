@@ -17,12 +17,13 @@ the curvature term ½εᵀHε (plus O(ρ⁴)); the table reports mean (std) over
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe, probe_loss
+from pefteval.analysis.probe import Probe
 from pefteval.analysis.weights import canonical, effective_model, kind_of, project, subspaces
 
 PARTS = ("full", "inside", "orthogonal")
@@ -65,7 +66,12 @@ def top_hessian_eigenvalue(loss_fn: Any, params: list[torch.Tensor], iterations:
     return {"lambda_max": value, "iterations": done, "converged": converged}
 
 
-def sharpness(model: nn.Module, probe: Probe, iterations: int, tol: float, seed: int) -> dict[str, Any]:
+def model_loss(model: nn.Module, probe: Probe) -> torch.Tensor:
+    return model(**probe.tensors).loss
+
+
+def sharpness(model: nn.Module, probe: Probe, iterations: int, tol: float, seed: int,
+              loss_fn: Callable[[nn.Module, Probe], torch.Tensor] = model_loss) -> dict[str, Any]:
     """λ_max of the probe loss's Hessian over every weight of the effective model except token
     embedding matrices (whose rows outside the probe's tokens have zero curvature)."""
     named = _named(model)
@@ -78,7 +84,7 @@ def sharpness(model: nn.Module, probe: Probe, iterations: int, tol: float, seed:
             p.requires_grad_(k in chosen)
         if previous_impl not in (None, "eager") and hasattr(impl_owner, "set_attn_implementation"):
             impl_owner.set_attn_implementation("eager")  # fused CPU attention has no double backward
-        result = top_hessian_eigenvalue(lambda: probe_loss(model, probe), list(chosen.values()), iterations, tol,
+        result = top_hessian_eigenvalue(lambda: loss_fn(model, probe), list(chosen.values()), iterations, tol,
                                         seed)
     finally:
         for k, p in named.items():
@@ -90,15 +96,18 @@ def sharpness(model: nn.Module, probe: Probe, iterations: int, tol: float, seed:
 
 
 def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], draws: int, seed: int,
-                        power_iterations: int = 20, power_tol: float = 1e-3) -> dict[str, Any]:
-    """ΔL per part and ρ for ``draws`` random directions, and the sharpness, of one trained model."""
+                        power_iterations: int = 20, power_tol: float = 1e-3,
+                        loss_fn: Callable[[nn.Module, Probe], torch.Tensor] = model_loss) -> dict[str, Any]:
+    """ΔL per part and ρ for ``draws`` random directions, and the sharpness, of one trained model.
+    ``loss_fn(model, probe)`` is the trial's loss on the probe (its kind's: the model's own, or
+    label-word cross-entropy)."""
     spaces = subspaces(trained)
     model = effective_model(trained)
     model.eval()
     named = _named(model)
     originals = {k: p.detach().clone() for k, p in named.items()}
     with torch.no_grad():
-        base_loss = float(probe_loss(model, probe))
+        base_loss = float(loss_fn(model, probe))
     all_full = all(spaces.get(k) is not None and spaces[k].kind == "full" for k in named)
     rows = _embedding_rows(model, named, spaces, probe)
     gen = torch.Generator().manual_seed(seed)
@@ -132,7 +141,7 @@ def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], dra
                                 named[k][rows[k]] = originals[k][rows[k]] + rho * u
                             else:
                                 named[k].copy_(originals[k]).add_(u, alpha=rho)
-                        deltas[part][str(rho)].append(float(probe_loss(model, probe)) - base_loss)
+                        deltas[part][str(rho)].append(float(loss_fn(model, probe)) - base_loss)
                     for k in unit:
                         named[k].copy_(originals[k])
             if all_full:  # FFT trains every tensor: inside is the whole perturbation
@@ -152,7 +161,7 @@ def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], dra
         "delta_loss": {part: values for part, values in deltas.items() if any(values.values())},
         "subspace_dimension": inside_dims,
         "total_dimension": total_dims,
-        "sharpness": sharpness(model, probe, power_iterations, power_tol, seed),
+        "sharpness": sharpness(model, probe, power_iterations, power_tol, seed, loss_fn),
     }
 
 

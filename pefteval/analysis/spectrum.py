@@ -14,8 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pefteval.analysis import AnalysisResult, Run, Section, fmt
+from pefteval.analysis.results import AnalysisResult, Run, Section, fmt
 from pefteval.analysis.weights import layer_slot
+from pefteval.errors import UserError
 
 RANKS = (1, 2, 4, 8, 16, 32)
 EPSILONS = (0.01, 0.05, 0.10)
@@ -71,8 +72,6 @@ def _lora_ranks(runs: list[Run]) -> list[int]:
 
 
 def analyse_spectrum(runs: list[Run], target: Path) -> AnalysisResult:
-    from pefteval.errors import UserError
-
     result = AnalysisResult("spectrum", "FFT update spectrum (Theorem 3)")
     fft_runs = [r for r in runs if r.method_type == "fft"]
     if not fft_runs:

@@ -10,12 +10,16 @@ prompt tuning change no weight; their increment is the learned prompt embedding 
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from peft import PeftModel
+from peft.tuners.ia3 import IA3Layer
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from pefteval.methods.common import HEAD_MODULE_NAMES
@@ -110,9 +114,6 @@ def default_module(names: list[str]) -> str:
 
 def _adapter_layers(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     """(canonical module name, kind, module) for every peft LoRA/AdaLoRA and IA3 layer."""
-    from peft.tuners.ia3 import IA3Layer
-    from peft.tuners.lora import LoraLayer
-
     found = []
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and module.active_adapters:
@@ -173,10 +174,6 @@ def effective_model(model: nn.Module) -> nn.Module:
     """A model that computes what ``model`` computes with the method's weights merged in (a copy
     for LoRA, AdaLoRA, IA3 and other mergeable peft adapters); prompt methods and plain models are
     returned as they are."""
-    import copy
-
-    from peft import PeftModel
-
     if isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
         return copy.deepcopy(model).merge_and_unload()
     return model

@@ -11,19 +11,15 @@ from typing import Any
 from torch import nn
 
 from pefteval.config import BitFitMethod, FFTMethod, _MethodBase
+from pefteval.methods.bitfit import apply_bitfit
 from pefteval.methods.common import HEAD_MODULE_NAMES, count_parameters, head_parameter_names
+from pefteval.methods.full import apply_full
+from pefteval.methods.peft_methods import apply_peft
 
-__all__ = ["AppliedMethod", "apply_method", "HEAD_MODULE_NAMES", "METHOD_HELP"]
+__all__ = ["AppliedMethod", "apply_method", "HEAD_MODULE_NAMES", "HEADS"]
 
-METHOD_HELP = {
-    "fft": "full fine-tuning of every weight; top_k_layers: k trains only the last k transformer blocks",
-    "bitfit": "bias terms only (BitFit)",
-    "lora": "low-rank adapters B·A on target modules (r, alpha, dropout, target_modules), via peft",
-    "adalora": "LoRA with SVD-form adapters and adaptive rank budget (r, init_r, alpha), via peft",
-    "prefix": "prefix tuning: learned key/value prefixes in every layer (num_virtual_tokens), via peft",
-    "ia3": "IA3: learned rescaling vectors on keys, values and feed-forward activations, via peft",
-    "peft": "any other peft method: peft_type (e.g. LOHA, VERA, OFT) plus its config kwargs",
-}
+HEADS = ("classification", "span", "lm")
+
 
 
 @dataclass
@@ -37,28 +33,24 @@ class AppliedMethod:
     notes: list[str] = field(default_factory=list)
 
 
-def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool,
-                 task_kind: str = "classification") -> AppliedMethod:
-    """task_kind: "classification" (a new classification head), "qa" (a span head for an
-    encoder; a decoder answers generatively with its own LM head, so there is no new head)."""
+def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, head: str = "classification",
+                 paper_lora_targets: bool = False) -> AppliedMethod:
+    """``head``: what trains besides the method: a new ``classification`` or ``span`` head, or
+    none (``lm``: a decoder answering with its own LM head). ``paper_lora_targets``: LoRA without
+    target_modules takes the paper's decoder targets instead of peft's defaults."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     base_params = count_parameters(model)
-    generative = task_kind in ("qa", "generation") and is_decoder
-    head_names = head_parameter_names(model, required=not generative)
+    head_names = head_parameter_names(model, required=head != "lm")
     head_params = sum(p.numel() for n, p in model.named_parameters() if n in head_names)
     on_step = None
     notes: list[str] = []
     if isinstance(method, FFTMethod):
-        from pefteval.methods.full import apply_full
-
         notes = apply_full(model, method.top_k_layers, head_names)
     elif isinstance(method, BitFitMethod):
-        from pefteval.methods.bitfit import apply_bitfit
-
         apply_bitfit(model, head_names)
     else:
-        from pefteval.methods.peft_methods import apply_peft
-
-        model, on_step = apply_peft(model, method, total_steps, is_decoder, task_kind)
+        model, on_step = apply_peft(model, method, total_steps, head, paper_lora_targets)
     trainable = count_parameters(model, trainable_only=True)
     if trainable == 0:
         raise RuntimeError(f"method {method.label} left no trainable parameters")

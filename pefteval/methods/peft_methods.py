@@ -9,22 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import peft
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
 
 from pefteval.config import AdaLoraMethod, IA3Method, LoraMethod, PeftMethod, PrefixMethod, _MethodBase
 from pefteval.errors import UserError
 
 
-def peft_task_type(task_kind: str, is_decoder: bool) -> Any:
+def peft_task_type(head: str) -> Any:
     """SEQ_CLS and QUESTION_ANS keep the new head trainable (modules_to_save); CAUSAL_LM trains
-    a decoder that answers in text."""
-    import peft
-
-    if task_kind == "generation":
-        return peft.TaskType.CAUSAL_LM
-    if task_kind == "qa":
-        return peft.TaskType.CAUSAL_LM if is_decoder else peft.TaskType.QUESTION_ANS
-    return peft.TaskType.SEQ_CLS
+    a decoder that answers with its own LM head."""
+    return {"classification": peft.TaskType.SEQ_CLS, "span": peft.TaskType.QUESTION_ANS,
+            "lm": peft.TaskType.CAUSAL_LM}[head]
 
 
 # the paper's LoRA targets for decoder generation tasks (LLaMA naming): attention and MLP
@@ -33,7 +30,7 @@ PAPER_DECODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj
                               "embed_tokens", "lm_head")
 
 
-def paper_lora_targets(model: nn.Module) -> list[str]:
+def paper_targets_of(model: nn.Module) -> list[str]:
     """The paper's decoder LoRA targets that this model has (by module name suffix)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     found = [t for t in PAPER_DECODER_LORA_TARGETS if t in names]
@@ -44,8 +41,6 @@ def paper_lora_targets(model: nn.Module) -> list[str]:
 
 
 def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -> Any:
-    import peft
-
     task = task or peft.TaskType.SEQ_CLS
     if isinstance(method, LoraMethod):
         return peft.LoraConfig(task_type=task, r=method.r, lora_alpha=method.alpha, lora_dropout=method.dropout,
@@ -70,9 +65,6 @@ def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -
 
 
 def generic_peft_config(peft_type: str, kwargs: dict[str, Any], task: Any = None) -> Any:
-    import peft
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
     key = peft_type.upper()
     if key not in PEFT_TYPE_TO_CONFIG_MAPPING:
         known = ", ".join(sorted(str(getattr(k, "value", k)) for k in PEFT_TYPE_TO_CONFIG_MAPPING))
@@ -84,15 +76,11 @@ def generic_peft_config(peft_type: str, kwargs: dict[str, Any], task: Any = None
         raise UserError(f"peft_type {key}: bad kwargs ({err}); see peft's {config_cls.__name__}") from None
 
 
-def apply_peft(
-    model: nn.Module, method: _MethodBase, total_steps: int, is_decoder: bool, task_kind: str = "classification"
-) -> tuple[nn.Module, Callable[[int], None] | None]:
-    import peft
-
-    if (isinstance(method, LoraMethod) and method.target_modules is None and task_kind == "generation"
-            and is_decoder):
-        method = method.model_copy(update={"target_modules": paper_lora_targets(model)})
-    config = build_peft_config(method, total_steps, peft_task_type(task_kind, is_decoder))
+def apply_peft(model: nn.Module, method: _MethodBase, total_steps: int, head: str = "classification",
+               paper_lora_targets: bool = False) -> tuple[nn.Module, Callable[[int], None] | None]:
+    if isinstance(method, LoraMethod) and method.target_modules is None and paper_lora_targets:
+        method = method.model_copy(update={"target_modules": paper_targets_of(model)})
+    config = build_peft_config(method, total_steps, peft_task_type(head))
     try:
         wrapped = peft.get_peft_model(model, config)
     except ValueError as err:

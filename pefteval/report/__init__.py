@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefteval.metrics import mean_std
+from pefteval.report import generation as gen
+from pefteval.report.datascaling import build_data_scaling, render_data_scaling_markdown
 from pefteval.report.fmt import mean_std_cell
+from pefteval.report.scaling import build_scaling, render_scaling_markdown, scaling_rows
+from pefteval.tasks import TASKS
 
 FORMATS = ("markdown", "csv", "latex")
 
@@ -77,12 +81,36 @@ def _grid_order(hp_key: str) -> tuple[Any, ...]:
     return (hp.get("batch_size", 0), hp.get("lr", 0.0), hp.get("warmup_ratio", 0.0), hp_key)
 
 
-def _task_kind(task: str) -> str:
-    from pefteval.tasks import TASKS
+def record_kind(rec: dict[str, Any]) -> str:
+    """The trial's kind, as its record declares it. Records of releases before the kind was
+    recorded: derived as their trial chose it (k_shot: label words; else by the task's data and,
+    for QA, the recorded mode)."""
+    if "task_kind" in rec:
+        return rec["task_kind"]
+    cfg = rec["config"]
+    if cfg.get("data", {}).get("k_shot") is not None:
+        return "label_words"
+    data_kind = TASKS[cfg["task"]].kind if cfg["task"] in TASKS else "classification"
+    if data_kind == "qa":
+        return "generative" if rec.get("qa_mode") == "generative" else "extractive_qa"
+    return "generative" if data_kind == "generation" else "classification"
 
-    if "@k=" in task:
+
+def report_group(rec: dict[str, Any]) -> str:
+    """Which table a trial's task goes to: classification, qa, generation or fewshot (data scaling)."""
+    if record_kind(rec) == "label_words":
         return "fewshot"
-    return TASKS[task].kind if task in TASKS else "classification"
+    task = TASKS.get(rec["config"]["task"])
+    return task.kind if task is not None else "classification"
+
+
+def selection_metric(rec: dict[str, Any]) -> str:
+    """The metric that selected the trial's epoch (and selects its grid point), as recorded, or
+    as its task declares it for records that predate the field."""
+    if "selection_metric" in rec:
+        return rec["selection_metric"]
+    task = TASKS.get(rec["config"]["task"])
+    return task.selection_metric if task is not None and record_kind(rec) != "label_words" else "accuracy"
 
 
 def task_label(config: dict[str, Any]) -> str:
@@ -93,9 +121,8 @@ def task_label(config: dict[str, Any]) -> str:
 
 
 def _val_score(rec: dict[str, Any]) -> float:
-    """The selection metric: validation accuracy, or validation F1 for QA."""
-    val = rec["metrics"]["validation"]
-    return val["f1"] if "f1" in val else val["accuracy"]
+    """The grid point's selection score: the validation value of the trial's selection metric."""
+    return rec["metrics"]["validation"][selection_metric(rec)]
 
 
 @dataclass
@@ -160,8 +187,7 @@ class QATable:
 
 
 def _qa_table(task: str, sel: Selection) -> QATable:
-    from pefteval.tasks.squad import ADVERSARIAL
-
+    adversarial = TASKS[task].adversarial if task in TASKS else ()
     rows: dict[str, QACell] = {}
     present: set[str] = set()
     mode = "extractive"
@@ -170,7 +196,7 @@ def _qa_table(task: str, sel: Selection) -> QATable:
             continue
         hp, recs = sel.chosen[(task, method)]
         scores: dict[str, dict[str, tuple[float, float]]] = {}
-        for split in ["test", *ADVERSARIAL]:
+        for split in ["test", *adversarial]:
             have = [r["metrics"][split] for r in recs if split in r["metrics"]]
             if not have:
                 continue
@@ -179,16 +205,17 @@ def _qa_table(task: str, sel: Selection) -> QATable:
             scores[split] = {k: mean_std([m[k] for m in have]) for k in keys if all(k in m for m in have)}
         mode = recs[0].get("qa_mode", mode)
         rows[method] = QACell(scores, len(recs), hp, mean_std([_val_score(r) for r in recs])[0])
-    splits = [s for s in ["test", *ADVERSARIAL] if s in present]
+    splits = [s for s in ["test", *adversarial] if s in present]
     return QATable(task, splits, rows, mode)
 
 
 def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
     records = [r for r in records if r.get("status") == "complete"]
     sel = select_grid_points(records)
-    tasks = [t for t in sel.tasks if _task_kind(t) == "classification"]
-    qa_tasks = [t for t in sel.tasks if _task_kind(t) == "qa"]
-    gen_tasks = [t for t in sel.tasks if _task_kind(t) == "generation"]
+    group = {task_label(r["config"]): report_group(r) for r in records}
+    tasks = [t for t in sel.tasks if group[t] == "classification"]
+    qa_tasks = [t for t in sel.tasks if group[t] == "qa"]
+    gen_tasks = [t for t in sel.tasks if group[t] == "generation"]
     methods = sel.methods
     rows = {m: MethodRow(m) for m in methods}
     notes: set[str] = set()
@@ -237,15 +264,9 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     table = ComparisonTable(tasks, [rows[m] for m in methods], header_notes + sorted(notes))
     table.qa = [_qa_table(t, sel) for t in qa_tasks]
     table.seeds = sorted(seeds_seen)
-    from pefteval.report.scaling import build_scaling
-
     table.scaling = build_scaling(records, sel, tasks, qa_tasks)
-    from pefteval.report.generation import build_generation
-
-    table.generation = build_generation(sel, gen_tasks)
-    from pefteval.report.datascaling import build_data_scaling
-
-    table.data_scaling = build_data_scaling(records, sel, [t for t in sel.tasks if _task_kind(t) == "fewshot"])
+    table.generation = gen.build_generation(sel, gen_tasks)
+    table.data_scaling = build_data_scaling(records, sel, [t for t in sel.tasks if group[t] == "fewshot"])
     return table
 
 
@@ -284,8 +305,6 @@ def _mean(values: list[float]) -> float:
 
 
 def _display(task: str) -> str:
-    from pefteval.tasks import TASKS
-
     return TASKS[task].display if task in TASKS else task
 
 
@@ -334,11 +353,10 @@ def _em_f1(scores: dict[str, tuple[float, float]] | None, worst: bool, prefix: s
 
 def qa_rows(table: ComparisonTable, qa: QATable, worst: bool = True) -> tuple[list[str], list[list[str]]]:
     """Rows: methods; columns: original (SQuAD dev) and each adversarial set, EM / F1 mean (std)."""
-    from pefteval.tasks.squad import SHORT_NAMES
-
+    short = _short_names(qa.task)
     adversarial = qa.splits[1:]
     header = ["Method", "Original"] + (["Orig. (src)"] if worst and adversarial else [])
-    header += [SHORT_NAMES.get(s, s) for s in adversarial] + ["Trainable", "%", "Time (s)", "Peak MB"]
+    header += [short.get(s, s) for s in adversarial] + ["Trainable", "%", "Time (s)", "Peak MB"]
     rows_by_method = {r.method: r for r in table.rows}
     body = []
     for method, cell in qa.rows.items():
@@ -359,10 +377,13 @@ def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(line) + " |" for line in body]
 
 
-def render_qa_markdown(table: ComparisonTable, qa: QATable) -> list[str]:
-    from pefteval.tasks.squad import SHORT_NAMES
+def _short_names(task: str) -> dict[str, str]:
+    return TASKS[task].short_names if task in TASKS else {}
 
-    names = ", ".join(f"{SHORT_NAMES.get(s, s)} = {s}" for s in qa.splits[1:])
+
+def render_qa_markdown(table: ComparisonTable, qa: QATable) -> list[str]:
+    short = _short_names(qa.task)
+    names = ", ".join(f"{short.get(s, s)} = {s}" for s in qa.splits[1:])
     out = [f"### {_display(qa.task)} ({qa.mode} QA): EM/F1 in %, mean (std EM/std F1) over seeds {table.seeds}", ""]
     out += _md_table(*qa_rows(table, qa, worst=True))
     out += ["", f"- Original: SQuAD v1.1 dev. Adversarial sets: {names}." if names else "- Original: SQuAD v1.1 dev.",
@@ -390,8 +411,6 @@ def render_markdown(table: ComparisonTable) -> str:
         out += render_qa_markdown(table, qa)
         out.append("")
     if table.generation is not None:
-        from pefteval.report import generation as gen
-
         methods = [r.method for r in table.rows]
         out += ["### Generation tasks (Table 1 shape)", ""]
         out += _md_table(*gen.generation_rows(table.generation, methods, _row_extra(table)))
@@ -400,12 +419,8 @@ def render_markdown(table: ComparisonTable) -> str:
             out += ["", "Other metrics (test split):", ""] + _md_table(*second)
         out += [""] + [f"- {n}" for n in gen.notes(table.generation)] + [""]
     if table.data_scaling is not None:
-        from pefteval.report.datascaling import render_data_scaling_markdown
-
         out += [render_data_scaling_markdown(table.data_scaling), "Plot: `data_scaling.png` next to this report.", ""]
     if table.scaling is not None:
-        from pefteval.report.scaling import render_scaling_markdown
-
         out += ["### Parameter scaling: score against trainable parameters", "",
                 render_scaling_markdown(table.scaling), "Plot: `scaling.png` next to this report.", ""]
     out += [f"- {note}" for note in table.notes]
@@ -488,14 +503,10 @@ def render_latex(table: ComparisonTable) -> str:
         out += _latex_table(*qa_rows(table, qa), rf"{_display(qa.task)}: EM / F1 (\%), mean (std) over seeds; "
                             "adversarial sets scored by the worst case per source question.")
     if table.generation is not None:
-        from pefteval.report import generation as gen
-
         methods = [r.method for r in table.rows]
         out += _latex_table(*gen.generation_rows(table.generation, methods, _row_extra(table)),
                             r"Generation tasks (\%), mean (std) over seeds.")
     if table.scaling is not None:
-        from pefteval.report.scaling import scaling_rows
-
         out += _latex_table(*scaling_rows(table.scaling), r"Score (\%) against trainable parameters.")
     return "\n".join(out) + "\n"
 

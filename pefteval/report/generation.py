@@ -11,10 +11,20 @@ from typing import Any
 
 from pefteval.metrics import mean_std
 from pefteval.report.fmt import mean_std_cell
+from pefteval.tasks import TASKS
 
-SECONDARY = {"sql": (("exact_match", "exact match"),),
-             "viggo": (("slot_precision", "slot P"), ("slot_recall", "slot R"), ("slot_f1", "slot F1"))}
-MAIN = {"gsm8k": "answer accuracy", "sql": "execution accuracy", "viggo": "exact match (slot order ignored)"}
+
+def _secondary(task: str) -> list[tuple[str, str]]:
+    """The task's report columns after its main one, with the names it gives them."""
+    spec = TASKS.get(task)
+    if spec is None:
+        return []
+    return [(k, spec.column_names.get(k, k)) for k in spec.report_columns[1:]]
+
+
+def _main_name(task: str) -> str:
+    spec = TASKS.get(task)
+    return spec.column_names.get(spec.selection_metric, spec.selection_metric) if spec else "accuracy"
 
 
 @dataclass
@@ -38,7 +48,7 @@ def build_generation(sel: Any, tasks: list[str]) -> GenTable | None:
         if task not in tasks:
             continue
         tests = [r["metrics"]["test"] for r in recs]
-        keys = ["accuracy"] + [k for k, _ in SECONDARY.get(task, ())]
+        keys = ["accuracy"] + [k for k, _ in _secondary(task)]
         table.scores.setdefault(method, {})[task] = {k: mean_std([m[k] for m in tests]) for k in keys
                                                      if all(k in m for m in tests)}
         table.seeds[method] = len(recs)
@@ -61,7 +71,7 @@ def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[s
 
 
 def secondary_rows(table: GenTable, methods: list[str]) -> tuple[list[str], list[list[str]]] | None:
-    cols = [(t, k, f"{t} {label}") for t in table.tasks for k, label in SECONDARY.get(t, ())]
+    cols = [(t, k, f"{t} {label}") for t in table.tasks for k, label in _secondary(t)]
     if not cols:
         return None
     header = ["Method", *[c[2] for c in cols]]
@@ -72,5 +82,5 @@ def secondary_rows(table: GenTable, methods: list[str]) -> tuple[list[str], list
 
 def notes(table: GenTable) -> list[str]:
     return ["Generation tasks, in %, mean (sample std) over seeds on the test split: "
-            + "; ".join(f"{t}: {MAIN.get(t, 'accuracy')}" for t in table.tasks)
+            + "; ".join(f"{t}: {_main_name(t)}" for t in table.tasks)
             + ". Answers are generated greedily (batched, capped at max_new_tokens)."]

@@ -8,7 +8,7 @@ import base64
 import html
 from pathlib import Path
 
-from pefteval.analysis import ANALYSES
+from pefteval.analysis.results import ANALYSES
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;

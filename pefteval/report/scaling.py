@@ -17,6 +17,7 @@ from typing import Any
 
 from pefteval.metrics import mean_std
 from pefteval.report.fmt import mean_std_cell, save_figure
+from pefteval.tasks import TASKS
 
 
 @dataclass
@@ -48,8 +49,6 @@ def _family(method: dict[str, Any]) -> tuple[str, str] | None:
 def build_scaling(records: list[dict[str, Any]], sel: Any, tasks: list[str],
                   qa_tasks: list[str]) -> ScalingTable | None:
     """None unless some family has at least two settings with different trainable-parameter counts."""
-    from pefteval.tasks.squad import ADVERSARIAL, SHORT_NAMES
-
     settings: dict[str, tuple[str, str]] = {}
     for rec in records:
         fam = _family(rec["config"]["method"])
@@ -84,21 +83,23 @@ def build_scaling(records: list[dict[str, Any]], sel: Any, tasks: list[str],
         for task in qa_tasks:
             if (task, method) not in sel.chosen:
                 continue
+            adversarial, short = TASKS[task].adversarial, TASKS[task].short_names
             recs = sel.chosen[(task, method)][1]
             row.scores[f"{task} F1"] = mean_std([r["metrics"]["test"]["f1"] for r in recs])
             adv_means = []
-            for split in ADVERSARIAL:
+            for split in adversarial:
                 have = [r["metrics"][split]["worst_f1"] for r in recs if split in r["metrics"]]
                 if have:
-                    row.scores[f"{SHORT_NAMES[split]} F1"] = mean_std(have)
+                    row.scores[f"{short[split]} F1"] = mean_std(have)
                     adv_means.append([r["metrics"][split]["worst_f1"] for r in recs if split in r["metrics"]])
             if adv_means:
                 per_seed = [sum(v) / len(v) for v in zip(*adv_means)]
                 row.scores[f"{task} adv F1"] = mean_std(per_seed)
         rows.append(row)
     for task in qa_tasks:
-        cols = [f"{task} F1"] + [f"{SHORT_NAMES[s]} F1" for s in ADVERSARIAL
-                                 if any(f"{SHORT_NAMES[s]} F1" in r.scores for r in rows)] + [f"{task} adv F1"]
+        adversarial, short = TASKS[task].adversarial, TASKS[task].short_names
+        cols = [f"{task} F1"] + [f"{short[s]} F1" for s in adversarial
+                                 if any(f"{short[s]} F1" in r.scores for r in rows)] + [f"{task} adv F1"]
         columns += [c for c in cols if any(c in r.scores for r in rows)]
         panels.append((f"{task}: dev F1 and mean worst-case adversarial F1", f"{task} F1", f"{task} adv F1"))
     rows.sort(key=lambda r: (r.family, r.trainable))

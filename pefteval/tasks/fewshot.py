@@ -39,12 +39,13 @@ import csv
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError, UserError
-from pefteval.tasks import Example
+from pefteval.tasks.base import TASKS, Example, Task, TaskSplits, hold_out_validation, register, score_accuracy
+from pefteval.tasks.glue import SPEC_BY_NAME, read_tsv
 
 LABEL_SLOT = "{label}"
 
@@ -176,36 +177,32 @@ def check_label_words(tokenizer: Any, spec: FewShotSpec) -> list[int]:
 # --- sampling -------------------------------------------------------------------------------------
 
 
-def sample_k_shot(pool: Sequence[Example], k: int, seed: int, num_classes: int | None = None,
-                  exclude: Sequence[Example] = ()) -> list[Example]:
-    """k examples per class, drawn by ``seed``; returned in pool order.
+FEWSHOT_MAX_VALIDATION_PER_CLASS = 16
 
-    Each class's examples are put in a random order fixed by the seed alone and the first
-    k are taken. So the same seed gives the same sample, different seeds give different
-    samples, and for one seed the k-shot sample is a subset of the k'-shot sample for
-    every k' > k: a data-scaling curve (Figure 2) adds examples to the same set rather
-    than redrawing it. ``exclude`` removes examples first (e.g. a training sample, to draw
-    a disjoint validation sample). Raises DataError if a class has fewer than k examples
-    (with ``num_classes``, classes absent from the pool count as having none)."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    excluded = set(exclude)
-    by_class: dict[int, list[int]] = {c: [] for c in range(num_classes or 0)}
-    for i, example in enumerate(pool):
-        if example not in excluded:
-            by_class.setdefault(example.label, []).append(i)
-    short = {c: len(idx) for c, idx in by_class.items() if len(idx) < k}
-    if short:
-        detail = ", ".join(f"class {c}: {n}" for c, n in sorted(short.items()))
-        raise DataError(f"k={k} examples per class requested but the training pool has fewer ({detail}). "
-                        "Use a smaller k or a larger pool.")
-    rng = random.Random(seed)
-    chosen: list[int] = []
-    for c in sorted(by_class):
-        order = list(by_class[c])
-        rng.shuffle(order)  # consumes the generator the same way for every k
-        chosen += order[:k]
-    return [pool[i] for i in sorted(chosen)]
+
+def fewshot_samples(pool: list[Any], num_classes: int, k: int, seed: int) -> tuple[list[Any], list[Any], list[str]]:
+    """The seed's k-shot training sample and its validation sample. Each class is shuffled by the
+    seed alone; training takes its first k, validation its last min(k, 16) (as few labelled
+    examples as the training set has, up to 16, as LM-BFF sizes its dev set), so for one seed a
+    smaller k's training sample is part of every larger one. A class with fewer than k + its
+    validation share gives training what is left, with a note."""
+    groups = group_by_class(pool, num_classes)
+    train, validation, notes = [], [], []
+    for label, members in enumerate(groups):
+        order = list(members)
+        random.Random(f"{seed}:{label}").shuffle(order)
+        n_val = min(k, FEWSHOT_MAX_VALIDATION_PER_CLASS)
+        if len(order) < 2:
+            raise DataError(f"class {label} has {len(order)} example(s) in the training pool; "
+                            "few-shot needs at least 2")
+        n_val = min(n_val, len(order) // 2)
+        n_train = min(k, len(order) - n_val)
+        if n_train < k:
+            notes.append(f"class {label}: only {n_train} training examples for k={k} (pool {len(order)}, "
+                         f"{n_val} kept for validation)")
+        train += order[:n_train]
+        validation += order[len(order) - n_val:]
+    return train, validation, notes
 
 
 def group_by_class(pool: Sequence[Example], num_classes: int) -> list[list[Example]]:
@@ -245,8 +242,6 @@ def _missing(path: Path, spec: FewShotSpec) -> DataError:
 
 
 def read_sst2(data_dir: Path) -> dict[str, list[Example]]:
-    from pefteval.tasks.glue import SPEC_BY_NAME, read_tsv
-
     glue = SPEC_BY_NAME["sst2"]  # same columns and label ids (0 negative, 1 positive)
     return {"train_pool": read_tsv(data_dir / "glue/SST-2/train.tsv", glue),
             "test": read_tsv(data_dir / "glue/SST-2/dev.tsv", glue)}
@@ -391,7 +386,7 @@ def load_fewshot(name: str, data_dir: str | Path | None = None, split_seed: int 
                  pool_fraction: float = AGNEWS_POOL_FRACTION) -> dict[str, Any]:
     """``{"train_pool": [...], "test": [...], "notes": [...]}`` for a few-shot task.
 
-    ``train_pool`` is what ``sample_k_shot`` draws the k-shot training set from; ``test`` is
+    ``train_pool`` is what ``fewshot_samples`` draws the k-shot training set from; ``test`` is
     evaluated whole. With ``data_dir`` the release files are read (SST-2: glue/SST-2
     train.tsv / dev.tsv; TREC: trec/train_5500.label / TREC_10.label; AG News:
     ag_news/test.csv divided by ``pool_fraction`` and ``split_seed``); without it the hub."""
@@ -425,17 +420,13 @@ def load_fewshot(name: str, data_dir: str | Path | None = None, split_seed: int 
 
 
 
-# --- registration: TREC, AG News, EmoC and Amazon as classification tasks --------------------
-# (SST-2 is already the GLUE task.) With an encoder they train a classification head on their
-# pool like any GLUE task; with ``data.k_shot`` and a decoder LM they run prompt-based few-shot.
+# --- registration ---------------------------------------------------------------------------------
 
 FEWSHOT_TASKS = ("sst2", "trec", "agnews", "emoc", "amazon")
 
 
-def make_classification_splits(name: str, data_dir: Path | None, cfg: Any) -> Any:
+def make_classification_splits(name: str, data_dir: Path | None, cfg: Any) -> TaskSplits:
     """Train (the pool minus a held-out validation part), validation and test, fixed by split_seed."""
-    from pefteval.tasks import TaskSplits, hold_out_validation
-
     raw = load_fewshot(name, data_dir, cfg.split_seed)
     pool = list(raw["train_pool"])
     random.Random(cfg.split_seed).shuffle(pool)
@@ -449,20 +440,40 @@ def make_classification_splits(name: str, data_dir: Path | None, cfg: Any) -> An
     return TaskSplits(train=train, validation=validation, test=test, notes=notes)
 
 
-def _register() -> None:
-    from pefteval.tasks import TASKS, ClassificationTask, register
+def k_shot_splits(spec: FewShotSpec, data_dir: Path | None, cfg: Any, seed: int) -> TaskSplits:
+    """The seed's k-shot sample (``cfg.k_shot`` per class) and its validation sample from the
+    task's training pool; the test set whole, or capped by ``max_eval_examples``."""
+    raw = load_fewshot(spec.name, data_dir, cfg.split_seed)
+    train, validation, sample_notes = fewshot_samples(raw["train_pool"], spec.num_labels, int(cfg.k_shot), seed)
+    notes = [f"{spec.display}: {n}" for n in sample_notes] + list(raw["notes"])
+    test = raw["test"]
+    cap = cfg.max_eval_examples
+    if cap is not None and cap < len(test):
+        test = random.Random(cfg.split_seed).sample(test, cap)
+        notes.append(f"{spec.display}: test capped at {len(test)} of {len(raw['test'])} examples "
+                     "(--max-eval-examples)")
+    return TaskSplits(train=train, validation=validation, test=test, notes=notes)
 
+
+def with_k_shot(task: Task, spec: FewShotSpec) -> Task:
+    """``task`` with its few-shot pattern: with ``data.k_shot`` set, its splits are the k-shot sample."""
+    full = task.splits
+
+    def splits(data_dir: Path | None, cfg: Any, seed: int = 0) -> TaskSplits:
+        return full(data_dir, cfg, seed) if cfg.k_shot is None else k_shot_splits(spec, data_dir, cfg, seed)
+
+    return replace(task, splits=splits, fewshot=spec)
+
+
+def register_tasks() -> None:
+    """TREC, AG News, EmoC and Amazon as classification tasks, and the few-shot pattern of each
+    (SST-2 is already the GLUE task). With an encoder they train a classification head on their
+    pool like any GLUE task; with ``data.k_shot`` and a decoder LM they run prompt-based few-shot."""
     for name in FEWSHOT_TASKS:
-        if name in TASKS:
-            continue
         spec = SPECS[name]
-
-        def load(data_dir: Path | None, cfg: Any, _name: str = name) -> Any:
-            return make_classification_splits(_name, data_dir, cfg)
-
-        register(ClassificationTask(name=name, display=spec.display, label_names=tuple(spec.label_names),
-                                    help=spec.help or f"{spec.display} classification", adversarial=(),
-                                    loader=load))
-
-
-_register()
+        task = TASKS.get(name) or Task(
+            name=name, display=spec.display, help=spec.help or f"{spec.display} classification",
+            kind="classification", label_names=tuple(spec.label_names), score=score_accuracy,
+            selection_metric="accuracy", report_columns=("accuracy",),
+            splits=lambda data_dir, cfg, seed=0, _name=name: make_classification_splits(_name, data_dir, cfg))
+        register(with_k_shot(task, spec))

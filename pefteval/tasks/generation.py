@@ -24,14 +24,26 @@ import csv
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError
-from pefteval.gen_metrics import VIGGO_ACTS, VIGGO_SLOTS, extract_gsm8k_answer, parse_mr, quote_identifier
-from pefteval.tasks import read_json_file
+from pefteval.gen_metrics import (
+    VIGGO_ACTS,
+    VIGGO_SLOTS,
+    GoldQueryError,
+    clean_sql_output,
+    extract_gsm8k_answer,
+    parse_mr,
+    quote_identifier,
+    sql_exact_match,
+    sql_execution_match,
+    viggo_exact_match,
+    viggo_slot_scores,
+)
+from pefteval.tasks.base import Prompting, Scored, Task, TaskSplits, hold_out_validation, read_json_file, register
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,6 @@ VIGGO = GenTaskSpec(
     prompt_template="{instruction}\n\nSentence: {text}",
     hub_path="GEM/viggo", hub_config=None, metric="viggo_accuracy", splits=("train", "validation", "test"),
 )
-
-GEN_TASKS: dict[str, GenTaskSpec] = {spec.name: spec for spec in (GSM8K, SQL, VIGGO)}
 
 # offline layout
 GSM8K_FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
@@ -368,34 +378,23 @@ LOADERS: dict[str, Callable[[Path | None], dict[str, list[GenExample]]]] = {
 }
 
 
-def load_generation_task(name: str, data_dir: Path | None) -> dict[str, list[GenExample]]:
-    """The splits of one generation task by name (gsm8k, sql, viggo)."""
-    if name not in LOADERS:
-        raise KeyError(f"unknown generation task '{name}'; known: {', '.join(LOADERS)}")
-    return LOADERS[name](data_dir)
+# --- splits for a trial -------------------------------------------------------------------------
 
-
-# --- registration: splits for a trial -------------------------------------------------------
-
-def make_generation_splits(raw: dict[str, list[GenExample]], cfg: Any, name: str) -> Any:
+def make_generation_splits(raw: dict[str, list[GenExample]], cfg: Any, name: str) -> TaskSplits:
     """Train, validation and test of one task for a trial. Validation (model selection) is the
     task's own validation split where it has one (ViGGO), else held out from train; it is never
     taken from test. Every subset is fixed by ``split_seed``."""
-    from pefteval.tasks import TaskSplits
-
     notes: list[str] = []
     pool = list(raw["train"])
     random.Random(cfg.split_seed).shuffle(pool)
     if raw.get("validation"):
         validation = list(raw["validation"])
         random.Random(cfg.split_seed).shuffle(validation)
+        if cfg.max_validation_examples is not None:
+            validation = validation[: cfg.max_validation_examples]
+        train = pool[: cfg.max_train_examples] if cfg.max_train_examples is not None else pool
     else:
-        n_val = int(cfg.validation_size * len(pool)) if cfg.validation_size < 1 else int(cfg.validation_size)
-        n_val = max(1, min(n_val, len(pool) - 1))
-        validation, pool = pool[:n_val], pool[n_val:]
-    if cfg.max_validation_examples is not None:
-        validation = validation[: cfg.max_validation_examples]
-    train = pool[: cfg.max_train_examples] if cfg.max_train_examples is not None else pool
+        validation, train = hold_out_validation(pool, cfg)
     test = list(raw["test"])
     if cfg.max_eval_examples is not None and cfg.max_eval_examples < len(test):
         random.Random(cfg.split_seed).shuffle(test)
@@ -405,17 +404,66 @@ def make_generation_splits(raw: dict[str, list[GenExample]], cfg: Any, name: str
     return TaskSplits(train=train, validation=validation, test=test, notes=notes)
 
 
-def _register() -> None:
-    from pefteval.tasks import GenerationTask, register
+# --- scoring: the task's Table 1 score is ``accuracy``; the others are reported beside it --------
 
+def _rate(hits: list[float | None]) -> float:
+    judged = [h for h in hits if h is not None]
+    return sum(int(h) for h in judged) / len(judged) if judged else float("nan")
+
+
+def score_gsm8k(predictions: Sequence[str], examples: Sequence[GenExample], adversarial: bool = False) -> Scored:
+    """Answer accuracy: the final number of the generation equals the gold one."""
+    hits: list[float | None] = []
+    for i, (pred, x) in enumerate(zip(predictions, examples, strict=True)):
+        gold = extract_gsm8k_answer(x.meta["gold"])
+        if gold is None:
+            raise ValueError(f"gold {i} has no number: {x.meta['gold']!r}")
+        hits.append(float(extract_gsm8k_answer(pred) == gold))
+    return Scored({"accuracy": _rate(hits), "n": len(examples)}, hits)
+
+
+def score_sql(predictions: Sequence[str], examples: Sequence[GenExample], adversarial: bool = False) -> Scored:
+    """Execution accuracy (the generated query returns the gold query's result); a broken gold
+    query (three in Spider train) cannot judge anything and is counted in ``gold_errors``."""
+    queries = [clean_sql_output(p) for p in predictions]
+    hits: list[float | None] = []
+    for q, x in zip(queries, examples, strict=True):
+        try:
+            hits.append(float(sql_execution_match(q, x.target, x.meta)))
+        except GoldQueryError:
+            hits.append(None)
+    n = len(examples)
+    exact = sum(sql_exact_match(q, x.target) for q, x in zip(queries, examples)) / n if n else float("nan")
+    return Scored({"accuracy": _rate(hits), "exact_match": exact, "n": n,
+                   "gold_errors": sum(h is None for h in hits)}, hits)
+
+
+def score_viggo(predictions: Sequence[str], examples: Sequence[GenExample], adversarial: bool = False) -> Scored:
+    """Exact match of the meaning representation (slot order ignored), and slot P/R/F1."""
+    golds = [x.target for x in examples]
+    hits: list[float | None] = [float(viggo_exact_match(p, g)) for p, g in zip(predictions, golds, strict=True)]
+    slots = viggo_slot_scores(predictions, golds)
+    return Scored({"accuracy": _rate(hits), "slot_precision": slots["precision"], "slot_recall": slots["recall"],
+                   "slot_f1": slots["f1"], "n": len(examples)}, hits)
+
+
+SCORERS = {"gsm8k": score_gsm8k, "sql": score_sql, "viggo": score_viggo}
+REPORT_COLUMNS = {"gsm8k": ("accuracy",), "sql": ("accuracy", "exact_match"),
+                  "viggo": ("accuracy", "slot_precision", "slot_recall", "slot_f1")}
+COLUMN_NAMES = {"gsm8k": {"accuracy": "answer accuracy"},
+                "sql": {"accuracy": "execution accuracy", "exact_match": "exact match"},
+                "viggo": {"accuracy": "exact match (slot order ignored)", "slot_precision": "slot P",
+                          "slot_recall": "slot R", "slot_f1": "slot F1"}}
+PROMPTING = Prompting(render=lambda x: x.prompt, target=lambda x: x.target)
+
+
+def register_tasks() -> None:
     for spec in (VIGGO, SQL, GSM8K):
         loader = LOADERS[spec.name]
-
-        def load(data_dir: Path | None, cfg: Any, _loader: Callable = loader, _name: str = spec.name) -> Any:
-            return make_generation_splits(_loader(data_dir), cfg, _name)
-
-        register(GenerationTask(name=spec.name, display=spec.display, help=spec.help, loader=load,
-                                metric=spec.metric))
-
-
-_register()
+        register(Task(
+            name=spec.name, display=spec.display, help=spec.help, kind="generation",
+            splits=lambda data_dir, cfg, seed=0, _load=loader, _name=spec.name: make_generation_splits(
+                _load(data_dir), cfg, _name),
+            score=SCORERS[spec.name], selection_metric="accuracy", metric_name=spec.metric, prompting=PROMPTING,
+            report_columns=REPORT_COLUMNS[spec.name], column_names=COLUMN_NAMES[spec.name],
+        ))

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pefteval.config import DataConfig
 from pefteval.errors import DataError
-from pefteval.tasks import ClassificationTask, Example, TaskSplits, hold_out_validation, register
+from pefteval.tasks.base import Example, Task, TaskSplits, hold_out_validation, register, score_accuracy
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,7 @@ def _derived_from(example: Example, index: _LeakIndex) -> bool:
 
 
 def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source: list[Example],
-                train_dev: list[Example] | None, adversarial: list[Example], cfg: DataConfig,
+                train_dev: list[Example] | None, adversarial: list[Example], cfg: Any,
                 leak_items: list[Example] | None = None) -> TaskSplits:
     """leak_items: the AdvGLUE items whose sources must not be trained on when the dev
     set is divided (default: this task's adversarial set)."""
@@ -269,7 +268,7 @@ def make_splits(spec: GlueSpec, train_source: list[Example] | None, test_source:
 
 
 def _loader(spec: GlueSpec):
-    def load(data_dir: Path | None, cfg: DataConfig) -> TaskSplits:
+    def load(data_dir: Path | None, cfg: Any) -> TaskSplits:
         leak = None  # MNLI-MM trains on MNLI's matched part, so it drops MNLI's AdvGLUE sources too
         if data_dir is not None:
             train = read_local(data_dir, spec.local_train, spec) if spec.local_train else None
@@ -297,9 +296,15 @@ def _loader(spec: GlueSpec):
     return load
 
 
-for _spec in SPECS:
-    register(ClassificationTask(
-        name=_spec.name, display=_spec.display, label_names=_spec.label_names, help=_spec.help,
-        adversarial=("advglue",), loader=_loader(_spec),
-    ))
 SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+def register_tasks() -> None:
+    for spec in SPECS:
+        load = _loader(spec)
+        register(Task(
+            name=spec.name, display=spec.display, help=spec.help, kind="classification",
+            splits=lambda data_dir, cfg, seed=0, _load=load: _load(data_dir, cfg),
+            score=score_accuracy, selection_metric="accuracy", label_names=spec.label_names,
+            adversarial=("advglue",), report_columns=("accuracy",),
+        ))

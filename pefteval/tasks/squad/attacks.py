@@ -27,17 +27,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from pefteval.adversarial.statements import statement_or_fallback
-from pefteval.config import AttackConfig
 from pefteval.errors import DataError, UserError
-from pefteval.metrics import normalize_answer, squad_scores
-from pefteval.tasks import QAExample, source_id
-from pefteval.tasks.squad import read_squad_json
+from pefteval.tasks.base import QAExample
+from pefteval.tasks.squad.data import GENERATED, MODEL_ATTACKS, read_squad_json, source_id
+from pefteval.tasks.squad.metrics import normalize_answer, squad_scores
+from pefteval.tasks.squad.statements import statement_or_fallback
 
-ATTACKS = ("AddAnsCtx", "AddNegAns", "AddAny", "AddAnyExtend")
-MODEL_FREE = ("AddAnsCtx", "AddNegAns")
+ATTACKS = GENERATED + MODEL_ATTACKS
+MODEL_FREE = GENERATED
 COMMON_WORDS = 1000  # AddAny's common-word list (Jia & Liang took theirs from the Brown corpus)
 EXTENDED_WORDS = 5000  # AddAnyExtend also draws from ranks 1,001-5,000 of the same frequency list
 MAX_FAKE_WORDS = 5  # fake answers longer than this read badly inside a statement
@@ -96,7 +95,7 @@ def write_squad_json(path: Path, examples: list[QAExample]) -> None:
         raise
 
 
-def cache_key(name: str, sources: Sequence[QAExample], settings: AttackConfig, model: ModelScorer | None,
+def cache_key(name: str, sources: Sequence[QAExample], settings: Any, model: ModelScorer | None,
               source_key: str) -> str:
     # the model-free sets must not depend on whether a model happened to be passed
     model_id = model.model_id if model is not None and name not in MODEL_FREE else None
@@ -105,7 +104,7 @@ def cache_key(name: str, sources: Sequence[QAExample], settings: AttackConfig, m
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def cache_path(name: str, sources: Sequence[QAExample], settings: AttackConfig, model: ModelScorer | None,
+def cache_path(name: str, sources: Sequence[QAExample], settings: Any, model: ModelScorer | None,
                source_key: str, directory: Path | None = None) -> Path:
     key = cache_key(name, sources, settings, model, source_key)
     return (directory if directory is not None else cache_dir()) / f"{name}-{key[:16]}.json"
@@ -117,7 +116,7 @@ def _in_set_order(items: list[QAExample], sources: Sequence[QAExample]) -> list[
     return sorted(items, key=lambda x: (x.id != source_id(x.id), position.get(source_id(x.id), len(position)), x.id))
 
 
-def generated_set(name: str, sources: list[QAExample], settings: AttackConfig, *, pool: list[QAExample],
+def generated_set(name: str, sources: list[QAExample], settings: Any, *, pool: list[QAExample],
                   model: ModelScorer | None, source_key: str, cache_dir: Path | None = None) -> list[QAExample]:
     """The sources followed by their variants; read from the cache when this exact set (same
     source data, attack, settings, model and source ids) was generated before."""
@@ -143,7 +142,7 @@ def _check_attack(name: str, model: ModelScorer | None) -> None:
                         "--model RUN_DIR, the run directory of a finished SQuAD trial)")
 
 
-def attack(name: str, sources: list[QAExample], settings: AttackConfig, *, pool: list[QAExample],
+def attack(name: str, sources: list[QAExample], settings: Any, *, pool: list[QAExample],
            model: ModelScorer | None = None) -> list[QAExample]:
     """The variants of ``sources`` (at most one each, in source order); ``pool`` is the question
     set fake answers and common words are drawn from (SQuAD dev)."""
@@ -404,7 +403,7 @@ class _Vocabulary:
     rare: list[str]  # AddAnyExtend: ranks COMMON_WORDS+1 .. EXTENDED_WORDS of the same list
     extend: bool
 
-    def start(self, source: QAExample, settings: AttackConfig, name: str) -> _Search:
+    def start(self, source: QAExample, settings: Any, name: str) -> _Search:
         rng = _rng(settings.seed, source, name)
         k = settings.distractor_words
         # Jia & Liang initialise the distractor with random common words
@@ -436,7 +435,7 @@ def _f1s(model: ModelScorer, examples: list[QAExample], sources: list[QAExample]
 
 
 def _step(model: ModelScorer, states: list[_Search], vocab: _Vocabulary, position: int,
-          settings: AttackConfig) -> None:
+          settings: Any) -> None:
     """One position of one pass for every active question, in a single model call: keep the candidate
     with the lowest F1 when it is lower than the current distractor's."""
     trials: list[tuple[_Search, str]] = []
@@ -456,7 +455,7 @@ def _step(model: ModelScorer, states: list[_Search], vocab: _Vocabulary, positio
             state.f1, state.words[position] = best[id(state)][0], best[id(state)][1]
 
 
-def add_any(sources: list[QAExample], settings: AttackConfig, pool: list[QAExample], model: ModelScorer,
+def add_any(sources: list[QAExample], settings: Any, pool: list[QAExample], model: ModelScorer,
             extend: bool = False) -> list[QAExample]:
     """AddAny (or AddAnyExtend): local search over a ``distractor_words``-word distractor, one position
     at a time (each pass visits every position once, in a seeded random order shared by all questions,

@@ -1,5 +1,5 @@
-"""Prompt-based few-shot classification with a decoder LM (the model-facing half; the
-data half is ``pefteval.tasks.fewshot``).
+"""Label-word scoring: prompt-based few-shot classification with a decoder LM (the model-facing
+half; the data half, patterns and k-shot samples, is ``pefteval.tasks.fewshot``).
 
 Each query becomes a prompt: one demonstration per class, drawn from the k-shot
 training sample, then the query with its label slot empty. The class scores are the
@@ -24,14 +24,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pefteval.analysis.probe import Probe, make_probe
 from pefteval.errors import UserError
-from pefteval.tasks import Example
+from pefteval.kinds.base import TaskKind
+from pefteval.models import ModelSource, is_decoder_config, load_lm_or_span
+from pefteval.store import atomic_write_json
+from pefteval.tasks.base import Example
 from pefteval.tasks.fewshot import (
     FewShotSpec,
     build_prompt,
@@ -41,7 +46,7 @@ from pefteval.tasks.fewshot import (
     group_by_class,
     query_rng,
 )
-from pefteval.train import Encoded
+from pefteval.train import Encoded, autocast
 
 
 @dataclass
@@ -229,10 +234,6 @@ def fewshot_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_token_i
     return F.cross_entropy(logits.float(), batch["class_label"].to(logits.device))
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @torch.no_grad()
 def predict_encoded(model: nn.Module, data: FewShotEncoded, pad_id: int, batch_size: int = 8,
                     precision: str = "fp32", padding_side: str = "right") -> list[int]:
@@ -244,18 +245,75 @@ def predict_encoded(model: nn.Module, data: FewShotEncoded, pad_id: int, batch_s
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         batch = collate_fewshot([data.features[i] for i in idx], pad_id, padding_side)
-        with _autocast(device, precision):
+        with autocast(precision, device.type):
             logits = label_word_logits(model, batch, data.label_token_ids)
         for i, p in zip(idx, logits.float().argmax(-1).tolist()):
             preds[i] = p
     return preds
 
 
-def predict_fewshot(model: nn.Module, tokenizer: Any, spec: FewShotSpec, examples: Sequence[Example],
-                    demos_pool: Sequence[Example], seed: int = 0, max_length: int = 1024, batch_size: int = 8,
-                    precision: str = "fp32") -> list[int]:
-    """Predicted class ids of ``examples`` (prompts built as in ``encode_fewshot``), padded on
-    the tokenizer's padding side."""
-    data = encode_fewshot(examples, spec, tokenizer, demos_pool, seed, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return predict_encoded(model, data, pad_id, batch_size, precision, getattr(tokenizer, "padding_side", "right"))
+class LabelWords(TaskKind):
+    """k training examples per class drawn by the seed (the task's k-shot splits); every input is
+    one demonstration per class followed by the query; the loss is cross-entropy over the label
+    words' logits at the label position and the prediction is their argmax (no new head)."""
+
+    name = "label_words"
+    head = "lm"
+
+    def __init__(self, task: Any, training: Any, seed: int):
+        super().__init__(task, training, seed)
+        self.spec = task.fewshot
+        self.demos: list[Example] = []
+        self._encoded: dict[tuple[Example, ...], FewShotEncoded] = {}
+        self.truncated = 0
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @property
+    def paper_lora_targets(self) -> bool:
+        return True
+
+    def load_model(self, source: ModelSource, config: Any) -> nn.Module:
+        if not is_decoder_config(config):
+            raise UserError(f"prompt-based few-shot (data.k_shot) scores label words with a decoder language model; "
+                            f"{source.name} is an encoder (drop k_shot to fine-tune it with a classification head)")
+        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config)
+        self.tokenizer.padding_side = "right"
+        return model
+
+    def _encode(self, examples: Sequence[Example]) -> FewShotEncoded:
+        """Each distinct set is encoded once (validation is scored every epoch)."""
+        key = tuple(examples)
+        if key not in self._encoded:
+            enc = encode_fewshot(examples, self.spec, self.tokenizer, self.demos, self.seed, self.hp.max_seq_length)
+            self.truncated += enc.demos_truncated
+            self._encoded[key] = enc
+        return self._encoded[key]
+
+    def encode_train(self, examples: Sequence[Example]) -> Encoded:
+        self.demos = list(examples)  # the demonstrations of every prompt come from the k-shot sample
+        train = self._encode(examples)
+        label_ids = train.label_token_ids
+        self.loss = lambda model, batch: fewshot_loss(model, batch, label_ids)
+        return train
+
+    def predict(self, model: nn.Module, examples: Sequence[Example]) -> list[int]:
+        return predict_encoded(model, self._encode(examples), self.pad_id, self.hp.eval_batch_size, self.hp.precision)
+
+    def probe(self, examples: Sequence[Example], n: int) -> Probe | None:
+        data = self._encode(examples)
+        return make_probe(data.features, self.pad_id, None, n, loss="label_words", label_ids=list(data.label_token_ids))
+
+    def save(self, run_dir: Path) -> None:
+        names = self.task.label_names
+        atomic_write_json(run_dir / "train_sample.json", [{"text": x.text_a, "text_b": x.text_b, "label": x.label,
+                                                           "label_name": names[x.label]} for x in self.demos])
+
+    def record_fields(self) -> dict[str, Any]:
+        if self.truncated:
+            self.notes.append(f"{self.spec.display}: demonstrations shortened in {self.truncated} prompt(s) to fit "
+                              f"max_seq_length {self.hp.max_seq_length}")
+        return super().record_fields()

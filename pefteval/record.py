@@ -1,0 +1,53 @@
+"""What every trial's record holds besides its metrics: parameter counts, the training curve,
+time and memory, and the environment it ran in."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from typing import Any
+
+import datasets
+import peft
+import torch
+import transformers
+
+import pefteval
+from pefteval.config import TrialConfig
+from pefteval.methods import AppliedMethod
+from pefteval.train import TrainResult
+
+
+def package_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "datasets": datasets.__version__, "pefteval": pefteval.__version__}
+
+
+def device_description() -> str:
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux; the trial has this process to itself, so this is the trial's peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def complete_record(trial: TrialConfig, started: float, applied: AppliedMethod, result: TrainResult,
+                    **fields: Any) -> dict[str, Any]:
+    """A finished trial's record: what every kind of trial reports plus its own ``fields``."""
+    return {
+        "status": "complete",
+        "curve": result.curve,
+        "best_epoch": result.best_epoch,
+        "params": {"trainable": applied.trainable_params, "total": applied.total_params,
+                   "base": applied.base_params, "head": applied.head_params},
+        "train_seconds": result.train_seconds,
+        "train_examples_per_second": result.examples_seen / max(result.train_seconds, 1e-9),
+        **fields,
+        "wall_seconds": time.time() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "versions": package_versions(),
+        "device": device_description(),
+        "threads": torch.get_num_threads(),
+    }
