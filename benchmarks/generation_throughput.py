@@ -38,7 +38,8 @@ from pefteval.config import LoraMethod, TrainingConfig
 from pefteval.kinds.generative import chat_prompt, encode_prompt_target, generate_answers
 from pefteval.methods import apply_method
 from pefteval.models import load_lm_or_span
-from pefteval.tasks.generation import PROMPTING, load_viggo
+from pefteval.tasks.generation import PROMPTING
+from pefteval.tasks.viggo import load_viggo
 from pefteval.train import train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

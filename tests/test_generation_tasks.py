@@ -10,35 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from pefteval import gen_metrics as gm
 from pefteval.errors import DataError
-from pefteval.gen_metrics import (
-    GoldQueryError,
-    execution_match,
+from pefteval.tasks.generation import GenExample
+from pefteval.tasks.gsm8k import GSM8K, extract_gsm8k_answer, gsm8k_accuracy, load_gsm8k
+from pefteval.tasks.sql import SQL, sql_execution_match
+from pefteval.tasks.sql.data import load_sql, spider_schema_context, squash_sql_whitespace
+from pefteval.tasks.sql.normalize import normalize_sql, sql_exact_match
+from pefteval.tasks.sql.sandbox import GoldQueryError, execution_match
+from pefteval.tasks.sql.synthetic import (
     execution_match_populated,
-    extract_gsm8k_answer,
-    gsm8k_accuracy,
-    normalize_sql,
     parse_create_tables,
-    parse_mr,
     populate_database,
     populated_databases,
-    sql_exact_match,
-    sql_execution_match,
-    viggo_accuracy,
-    viggo_exact_match,
-    viggo_slot_scores,
+    query_literals,
 )
-from pefteval.tasks.generation import (
-    GSM8K,
-    SQL,
-    GenExample,
-    load_gsm8k,
-    load_sql,
-    load_viggo,
-    spider_schema_context,
-    squash_sql_whitespace,
-)
+from pefteval.tasks.viggo import VIGGO_ACTS, load_viggo, parse_mr, viggo_accuracy, viggo_exact_match, viggo_slot_scores
 
 # --- GSM8K ---------------------------------------------------------------------------------
 
@@ -232,7 +218,7 @@ def test_populated_match_accepts_rewritten_queries(tmp_path):
 
 def test_populated_databases_are_seeded_cached_and_read_only(tmp_path):
     cache = tmp_path / "cache"
-    values = gm.query_literals("SELECT name FROM singer WHERE country = 'France' AND age > 30")
+    values = query_literals("SELECT name FROM singer WHERE country = 'France' AND age > 30")
     assert set(values) == {"France", 30}
     paths = populated_databases(SCHEMA, values, seed=3, n_databases=3, rows_per_table=10, cache_dir=cache)
     assert len(set(paths)) == 3 and all(p.is_file() for p in paths)
@@ -522,7 +508,7 @@ def test_real_gsm8k_and_viggo_counts(data_dir):
     viggo = load_viggo(data_dir)
     assert {k: len(v) for k, v in viggo.items()} == {"train": 5103, "validation": 714, "test": 1083}
     assert viggo_accuracy([x.target for x in viggo["test"]], [x.target for x in viggo["test"]]) == 1.0
-    assert {x.meta["act"] for x in viggo["train"]} == set(gm.VIGGO_ACTS)
+    assert {x.meta["act"] for x in viggo["train"]} == set(VIGGO_ACTS)
 
 
 def test_real_spider_counts_and_schemas(data_dir):

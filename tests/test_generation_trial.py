@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from pefteval.gen_metrics import clean_sql_output
 from pefteval.kinds.generative import chat_prompt, encode_prompt_target
 from pefteval.tasks import get_task
 from pefteval.tasks.generation import PROMPTING, GenExample
+from pefteval.tasks.sql.normalize import clean_sql_output
 
 from .conftest import run_cli
 

@@ -5,9 +5,11 @@ selection metric and report columns. One module or package per family registers 
 from __future__ import annotations
 
 from pefteval.tasks import fewshot as _fewshot
-from pefteval.tasks import generation as _generation
 from pefteval.tasks import glue as _glue
+from pefteval.tasks import gsm8k as _gsm8k
+from pefteval.tasks import sql as _sql
 from pefteval.tasks import squad as _squad
+from pefteval.tasks import viggo as _viggo
 from pefteval.tasks.base import (
     TASKS,
     Example,
@@ -23,9 +25,9 @@ from pefteval.tasks.base import (
     resolve_data_dir,
 )
 
-# registration order is the order `pefteval list` shows: GLUE, SQuAD, generation, then the
-# few-shot families (which also give SST-2 its few-shot pattern, so they come after GLUE)
-_FAMILIES = (_glue, _squad, _generation, _fewshot)
+# registration order is the order `pefteval list` shows: GLUE, SQuAD, the generation tasks (ViGGO,
+# SQL, GSM8K), then the few-shot families (which also give SST-2 its few-shot pattern, so they come after GLUE)
+_FAMILIES = (_glue, _squad, _viggo, _sql, _gsm8k, _fewshot)
 for _family in _FAMILIES:
     _family.register_tasks()
 

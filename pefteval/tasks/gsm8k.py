@@ -1,0 +1,158 @@
+"""GSM8K (Table 1): grade-school math word problems, scored by the accuracy of the final number
+(:func:`extract_gsm8k_answer`).
+
+Offline files, under a data directory: ``gsm8k/train.jsonl``, ``gsm8k/test.jsonl`` (fields
+``question``, ``answer``); the target is the full answer text (reasoning with ``<<expr=value>>``
+annotations, then ``#### N``). From the hub: ``openai/gsm8k`` (config ``main``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from pefteval.errors import DataError
+from pefteval.tasks.base import Scored
+from pefteval.tasks.generation import (
+    GenExample,
+    GenTaskSpec,
+    _hub_rows,
+    _missing,
+    _rate,
+    _text_field,
+    register_generation_task,
+)
+
+# --- answer extraction ---------------------------------------------------------------
+
+# a number: optional sign and $, digits with optional thousands commas, optional decimals
+_NUMBER = re.compile(r"(?<![\w.])([-\u2212]?)\s?\$?\s?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+
+
+def _canonical_number(sign: str, digits: str) -> str | None:
+    try:
+        value = Decimal(digits.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if sign:
+        value = -value
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def extract_gsm8k_answer(text: str | None) -> str | None:
+    """The final numeric answer of a GSM8K solution, as a canonical string, or None.
+
+    The first number after the last ``####`` (the dataset's answer marker); when there is no
+    marker, or no number after it, the last number anywhere in the text. Commas, ``$`` and a
+    trailing period are dropped and the value is canonicalised: ``"$1,234.50"`` -> ``"1234.5"``,
+    ``"5.00"`` -> ``"5"``, ``"-3"`` stays ``"-3"``.
+    """
+    if not text:
+        return None
+    marker = text.rfind("####")
+    if marker >= 0:
+        match = _NUMBER.search(text, marker + 4)
+        if match:
+            return _canonical_number(*match.groups())
+    matches = list(_NUMBER.finditer(text))
+    return _canonical_number(*matches[-1].groups()) if matches else None
+
+
+def gsm8k_accuracy(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """Share of predictions whose final number equals the gold one. A gold may be the bare number
+    or the dataset's full answer text (the number after ``####`` is taken from it)."""
+    if len(predictions) != len(golds):
+        raise ValueError(f"{len(predictions)} predictions for {len(golds)} golds")
+    if not golds:
+        return float("nan")
+    correct = 0
+    for i, (pred, gold) in enumerate(zip(predictions, golds)):
+        gold_number = extract_gsm8k_answer(gold)
+        if gold_number is None:
+            raise ValueError(f"gold {i} has no number: {gold!r}")
+        correct += int(extract_gsm8k_answer(pred) == gold_number)
+    return correct / len(golds)
+
+
+GSM8K = GenTaskSpec(
+    name="gsm8k", display="GSM8K",
+    help="grade-school math word problems; accuracy of the final number",
+    instruction=("Solve the following math word problem. Reason step by step, then give the final numeric "
+                 "answer on the last line in the form '#### <number>'."),
+    prompt_template="{instruction}\n\nProblem: {question}",
+    hub_path="openai/gsm8k", hub_config="main", metric="gsm8k_accuracy",
+)
+
+# offline layout
+GSM8K_FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+
+
+# --- loading ------------------------------------------------------------------------
+
+def gsm8k_example(question: str, answer: str, example_id: str, where: str) -> GenExample:
+    if "####" not in answer:
+        raise DataError(f"{where}: the answer has no '#### <number>' line; GSM8K answers end with one")
+    gold = extract_gsm8k_answer(answer[answer.rfind("####"):])
+    if gold is None:
+        raise DataError(f"{where}: no number after '####' in the answer")
+    return GenExample(example_id, GSM8K.render(question=question.strip()), answer.strip(),
+                      {"gold": gold, "question": question.strip()})
+
+
+def read_gsm8k_jsonl(path: Path, split: str) -> list[GenExample]:
+    """Examples of a GSM8K JSON Lines file; a malformed line names its number."""
+    if not path.is_file():
+        raise _missing(path, f"GSM8K {split} file")
+    fix = "Each line must be a JSON object with string fields 'question' and 'answer'."
+    out = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg}). {fix}") from None
+            question, answer = _text_field(row, "question", where, fix), _text_field(row, "answer", where, fix)
+            out.append(gsm8k_example(question, answer, f"gsm8k-{split}-{len(out)}", where))
+    if not out:
+        raise DataError(f"{path}: no examples found")
+    return out
+
+
+def load_gsm8k(data_dir: Path | None) -> dict[str, list[GenExample]]:
+    """{"train", "test"}: 7,473 and 1,319 problems in the release."""
+    if data_dir is not None:
+        return {split: read_gsm8k_jsonl(Path(data_dir) / rel, split) for split, rel in GSM8K_FILES.items()}
+    out = {}
+    fix = "The hub rows of openai/gsm8k have 'question' and 'answer'."
+    for split in ("train", "test"):
+        rows = _hub_rows(GSM8K.hub_path, GSM8K.hub_config, split)
+        where = f"{GSM8K.hub_path} {split}"
+        out[split] = [gsm8k_example(_text_field(r, "question", f"{where} row {i}", fix),
+                                    _text_field(r, "answer", f"{where} row {i}", fix), f"gsm8k-{split}-{i}",
+                                    f"{where} row {i}") for i, r in enumerate(rows)]
+    return out
+
+
+# --- scoring ------------------------------------------------------------------------
+
+def score_gsm8k(predictions: Sequence[str], examples: Sequence[GenExample], adversarial: bool = False) -> Scored:
+    """Answer accuracy: the final number of the generation equals the gold one."""
+    hits: list[float | None] = []
+    for i, (pred, x) in enumerate(zip(predictions, examples, strict=True)):
+        gold = extract_gsm8k_answer(x.meta["gold"])
+        if gold is None:
+            raise ValueError(f"gold {i} has no number: {x.meta['gold']!r}")
+        hits.append(float(extract_gsm8k_answer(pred) == gold))
+    return Scored({"accuracy": _rate(hits), "n": len(examples)}, hits)
+
+
+def register_tasks() -> None:
+    register_generation_task(GSM8K, load_gsm8k, score_gsm8k, ("accuracy",), {"accuracy": "answer accuracy"})
