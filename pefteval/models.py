@@ -81,6 +81,10 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, name, None, "hub")
 
 
+# transformers is imported where a model is loaded, not at the top: `pefteval list` and `--help`
+# read ALIASES from this module and stay free of torch
+
+
 def check_model(name: str) -> ModelSource:
     """Fail early (before any training) if a model cannot be found or fetched."""
     source = resolve_model(name)

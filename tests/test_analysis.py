@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from pefteval.analysis.probe import Probe, make_probe
 from pefteval.analysis.sensitivity import effective_model, measure_sensitivity, top_hessian_eigenvalue
 from pefteval.analysis.spectrum import critical_rank, effective_rank, energy, matrix_spectrum, numerical_rank
 from pefteval.analysis.weights import (
@@ -26,6 +25,7 @@ from pefteval.analysis.weights import (
     tensor_stats,
 )
 from pefteval.kinds import probe_loss
+from pefteval.probe import Probe, make_probe
 from tests.conftest import run_cli, write_sst2_layout
 
 # ------------------------------------------------------------------ spectrum (Theorem 3)

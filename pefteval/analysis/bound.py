@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe
 from pefteval.analysis.weights import CHAIN_TYPES, kind_of, layer_slot
+from pefteval.probe import Probe
 
 MAPPING_NOTES = [
     "Chain: per block the value projection, attention output, FFN input (up) and FFN output matrices, in order; "

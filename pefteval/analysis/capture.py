@@ -26,12 +26,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pefteval.analysis.bound import measure_bound
-from pefteval.analysis.probe import Probe
 from pefteval.analysis.sensitivity import measure_sensitivity
 from pefteval.analysis.weights import default_module, increments, kind_of, module_of, tensor_stats
 from pefteval.config import TrialConfig
 from pefteval.errors import UserError
 from pefteval.kinds import load_base, probe_loss, rebuild
+from pefteval.probe import Probe
 from pefteval.store import atomic_write_json
 
 

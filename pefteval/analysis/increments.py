@@ -12,10 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from pefteval.analysis.capture import load_trained
 from pefteval.analysis.results import AnalysisResult, Run, Section, cell
-from pefteval.analysis.weights import PROMPT_EMBEDDINGS, module_of, tensor_stats
+from pefteval.analysis.weights import PROMPT_EMBEDDINGS, increments, module_of, tensor_stats
 from pefteval.errors import UserError
+from pefteval.report.fmt import save_figure
 
 PROMPT_TYPES = ("prefix", "prompt", "p_tuning")
 STAT_KEYS = [("std", "Std"), ("kurtosis", "Excess kurtosis"), ("small_share", "Share below 1e-4·max"),
@@ -31,8 +34,6 @@ def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | Non
     """(what was taken, the increment values, their spectral norm) for one trial; values None when
     the method left the module untouched. The spectral norm comes from the saved statistics: the
     matrix's, or the largest of the matched ones."""
-    from safetensors.torch import load_file
-
     meta = run.increments()
     full = load_file(str(run.dir / "increments.safetensors")) if (run.dir / "increments.safetensors").is_file() else {}
     if _is_prompt(run):
@@ -56,9 +57,6 @@ def run_increment(run: Run, module: str | None) -> tuple[str, torch.Tensor | Non
 
 def _reconstruct(run: Run, names: list[str]) -> dict[str, torch.Tensor]:
     """Increments of modules training did not save in full, from the saved trained tensors."""
-    from pefteval.analysis.capture import load_trained
-    from pefteval.analysis.weights import increments
-
     model, base, _probe, _cfg = load_trained(run.dir)
     deltas = increments(model, {n: p.detach() for n, p in base.named_parameters()})
     return {n: deltas[n] for n in names if n in deltas}
@@ -112,12 +110,11 @@ def _slug(text: str) -> str:
 def _plot(task: str, methods: dict, path: Path, module: str) -> Path:
     """Weight increments overlaid on one axis; prompt embeddings (another quantity, on another
     scale) in a panel of their own."""
+    # matplotlib only when a figure is drawn: importing pefteval never sets an application's backend
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pefteval.report.fmt import save_figure
 
     pooled = {m: (items[0][0], torch.cat([v.flatten() for _w, v, _s in items if v is not None]))
               for m, items in methods.items() if any(v is not None for _w, v, _s in items)}

@@ -9,26 +9,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from pefteval.analysis.bound import MAPPING_NOTES, measure_bound
+from pefteval.analysis.capture import load_trained
 from pefteval.analysis.results import AnalysisResult, Run, Section, cell, fmt, mean_std, read_json
+from pefteval.analysis.sensitivity import measure_sensitivity
+from pefteval.analysis.weights import CHAIN_TYPES
+from pefteval.kinds import probe_loss
+from pefteval.store import atomic_write_json
 
 
 def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:
-    from pefteval.store import atomic_write_json
-
     path = run.dir / "analysis" / f"{name}.json"
     if path.is_file():
         return read_json(path)
-    from pefteval.analysis.capture import load_trained
-    from pefteval.kinds import probe_loss
-
     model, base, probe, config = load_trained(run.dir)
     if name == "bound":
-        from pefteval.analysis.bound import measure_bound
-
         data = measure_bound(model, base, probe, run.increments()["modules"])
     else:
-        from pefteval.analysis.sensitivity import measure_sensitivity
-
         data = measure_sensitivity(model, probe.head(options.sensitivity_examples), options.rho, options.draws,
                                    config.seed, options.power_iterations, options.power_tol, loss_fn=probe_loss)
     path.parent.mkdir(exist_ok=True)
@@ -52,9 +49,6 @@ def _first(grouped: dict[str, dict[str, list[tuple[Run, dict[str, Any]]]]]) -> d
 
 
 def analyse_bound(runs: list[Run], target: Path, options: Any) -> AnalysisResult:
-    from pefteval.analysis.bound import MAPPING_NOTES
-    from pefteval.analysis.weights import CHAIN_TYPES
-
     result = AnalysisResult("bound", "Capacity bound vs measured change (Theorem 2)")
     held_all: dict[str, tuple[int, int]] = {}
     grouped = _by_task(runs, "bound", options)

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe
 from pefteval.analysis.weights import canonical, effective_model, kind_of, project, subspaces
+from pefteval.probe import Probe
 
 PARTS = ("full", "inside", "orthogonal")
 

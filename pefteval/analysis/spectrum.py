@@ -17,6 +17,7 @@ from typing import Any
 from pefteval.analysis.results import AnalysisResult, Run, Section, fmt
 from pefteval.analysis.weights import layer_slot
 from pefteval.errors import UserError
+from pefteval.report.fmt import save_figure
 
 RANKS = (1, 2, 4, 8, 16, 32)
 EPSILONS = (0.01, 0.05, 0.10)
@@ -141,12 +142,11 @@ def _mean_spec(specs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _plot(curves: dict[tuple[str, str, str], list[list[float]]], path: Path, ranks: list[int]) -> Path:
+    # matplotlib only when a figure is drawn: importing pefteval never sets an application's backend
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pefteval.report.fmt import save_figure
 
     panels = sorted({(t, m) for t, m, _ in curves})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)

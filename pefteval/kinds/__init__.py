@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pefteval.analysis.probe import Probe
 from pefteval.config import TrialConfig
 from pefteval.errors import UserError
 from pefteval.kinds.base import Predictor, TaskKind
@@ -21,6 +20,7 @@ from pefteval.kinds.generative import GenerativeAnswer
 from pefteval.kinds.label_words import LabelWords, fewshot_loss
 from pefteval.methods import AppliedMethod, apply_method, load_trainable_state
 from pefteval.models import ModelSource, is_decoder_config, load_model_config, resolve_model
+from pefteval.probe import Probe
 from pefteval.tasks import TASKS, get_task
 from pefteval.tasks.base import Task
 

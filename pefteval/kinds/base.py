@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from pefteval.analysis.probe import Probe
 from pefteval.models import ModelSource
+from pefteval.probe import Probe
 from pefteval.train import Encoded
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe, make_probe
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, load_for_classification
+from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import Example
 from pefteval.train import Encoded, autocast, collate
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe, make_probe
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, is_decoder_config, load_tokenizer, load_with_head
+from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import QAExample
 from pefteval.train import Encoded, autocast, collate
 

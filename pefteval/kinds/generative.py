@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefteval.analysis.probe import Probe, make_probe
 from pefteval.errors import UserError
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, is_decoder_config, load_lm_or_span
+from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import Prompting
 from pefteval.train import Encoded, autocast
 

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pefteval.analysis.probe import Probe, make_probe
 from pefteval.errors import UserError
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, is_decoder_config, load_lm_or_span
+from pefteval.probe import Probe, make_probe
 from pefteval.store import atomic_write_json
 from pefteval.tasks.base import Example
 from pefteval.tasks.fewshot import (

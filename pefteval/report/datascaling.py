@@ -141,6 +141,7 @@ def render_data_scaling_markdown(table: DataScalingTable) -> str:
 
 def plot_data_scaling(table: DataScalingTable, path: Path) -> Path:
     """Average accuracy against k (log x), one line per method, seeds' spread as error bars."""
+    # matplotlib only when a figure is drawn: importing pefteval never sets an application's backend
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,7 +17,7 @@ def mean_std_cell(pair: tuple[float, float] | None) -> str:
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a matplotlib figure as a PNG atomically (temporary file, then rename) and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when a figure is drawn (see its callers)
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

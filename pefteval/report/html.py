@@ -8,6 +8,9 @@ import base64
 import html
 from pathlib import Path
 
+import yaml
+from markdown_it import MarkdownIt
+
 from pefteval.analysis.results import ANALYSES
 
 STYLE = """
@@ -26,8 +29,6 @@ nav a { margin-right: 1rem; } .meta td { text-align: left; }
 
 
 def _markdown(text: str) -> str:
-    from markdown_it import MarkdownIt
-
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
@@ -66,8 +67,6 @@ def render_html(out: Path, report_markdown: str, records: list[dict]) -> str:
     name = out.name
     exp_path = out / "experiment.yaml"
     if exp_path.is_file():
-        import yaml
-
         name = (yaml.safe_load(exp_path.read_text()) or {}).get("name", name)
     sections = [("comparison", "Comparison", _markdown(report_markdown) + "".join(
         _image(out / png, png) for png in ("scaling.png", "data_scaling.png") if (out / png).is_file()))]

@@ -125,6 +125,7 @@ def render_scaling_markdown(table: ScalingTable) -> str:
 def plot_scaling(table: ScalingTable, path: Path) -> Path:
     """Score against trainable parameters (log x), one line per family, clean solid and adversarial
     dashed; error bars are the seeds' sample std."""
+    # matplotlib only when a figure is drawn: importing pefteval never sets an application's backend
     import matplotlib
 
     matplotlib.use("Agg")

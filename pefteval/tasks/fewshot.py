@@ -353,7 +353,7 @@ def _check_hub_names(dataset: Any, spec: FewShotSpec, where: str) -> None:
 
 
 def _hub_rows(spec: FewShotSpec, split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # only when reading from the hub: datasets is slow to import
 
     where = f"{spec.hub_path} split {split}"
     try:

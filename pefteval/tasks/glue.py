@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pefteval.errors import DataError
 from pefteval.tasks.base import Example, Task, TaskSplits, hold_out_validation, register, score_accuracy
 
@@ -129,8 +131,6 @@ def read_tsv(path: Path, spec: GlueSpec) -> list[Example]:
 
 
 def read_parquet(path: Path, spec: GlueSpec) -> list[Example]:
-    import pyarrow.parquet as pq
-
     if not path.is_file():
         raise _missing(path, f"{spec.display} file")
     try:
@@ -178,7 +178,7 @@ def read_advglue(path: Path, spec: GlueSpec) -> list[Example]:
 
 
 def _hub(path: str, config: str, split: str) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # only when reading from the hub: datasets is slow to import
 
     try:
         return list(datasets.load_dataset(path, config, split=split))
