@@ -14,7 +14,6 @@ import torch
 import transformers
 
 import pefteval
-from pefteval.config import TrialConfig
 from pefteval.methods import AppliedMethod
 from pefteval.train import TrainResult
 
@@ -34,7 +33,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def complete_record(trial: TrialConfig, started: float, applied: AppliedMethod, result: TrainResult,
+def complete_record(started: float, applied: AppliedMethod, result: TrainResult,
                     **fields: Any) -> dict[str, Any]:
     """A finished trial's record: what every kind of trial reports plus its own ``fields``."""
     return {

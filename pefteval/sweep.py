@@ -92,23 +92,22 @@ class Progress:
         took = time.time() - self.trial_started
         self.durations.append(took)
         if record["status"] == "complete":
-            task = TASKS.get(self.trial.task) if self.trial else None
+            task = TASKS[self.trial.task]  # planned trials name registered tasks
             scores = ", ".join(f"{k} {_headline(v, task)}" for k, v in record["metrics"].items())
             self._emit(f"[trial {self.index}/{self.total}] done in {_fmt_time(took)}: {scores}", final=True)
         else:
             self._emit(f"[trial {self.index}/{self.total}] FAILED: {record['error']}", final=True)
 
 
-def _headline(metrics: dict[str, Any], task: Task | None) -> str:
-    """One split's score for the progress line: the task's report columns (its worst case where
-    the split is scored per source question)."""
-    columns = [c for c in (task.report_columns if task else ("accuracy",)) if c in metrics] or \
-        [k for k, v in metrics.items() if isinstance(v, float)][:1]
+def _headline(metrics: dict[str, Any], task: Task) -> str:
+    """One split's score for the progress line: the task's report columns, else its selection
+    metric (the worst case where the split is scored per source question)."""
+    columns = [c for c in task.report_columns if c in metrics] or [task.selection_metric]
     if all(f"worst_{c}" in metrics for c in columns):
         columns = [f"worst_{c}" for c in columns]
     if len(columns) == 1:
         return f"{metrics[columns[0]]:.4f}"
-    names = [task.column_names.get(c.removeprefix("worst_"), c) if task else c for c in columns]
+    names = [task.column_names.get(c.removeprefix("worst_"), c) for c in columns]
     return f"{'/'.join(names)} {'/'.join(f'{metrics[c]:.3f}' for c in columns)}"
 
 

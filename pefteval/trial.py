@@ -73,7 +73,7 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     kind.save(run_dir)
     kind_fields = kind.record_fields()  # a kind's own notes are complete only after evaluation
     record = complete_record(
-        trial, started, applied, result, metrics=evaluator.metrics, selection_metric=task.selection_metric,
+        started, applied, result, metrics=evaluator.metrics, selection_metric=task.selection_metric,
         train_examples=len(splits.train) - kind.left_out,
         train_features=len(train), train_source=splits.train_source, eval_seconds=evaluator.seconds,
         eval_examples_per_second=len(splits.test) / max(evaluator.seconds, 1e-9), attack_seconds=attack_seconds,

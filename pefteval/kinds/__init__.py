@@ -70,19 +70,22 @@ def load_base(trial: TrialConfig, rng_state: torch.Tensor | None = None) -> tupl
         return kind.load_model(source, config), kind
 
 
-def read_trial(run_dir: Path) -> TrialConfig:
-    return TrialConfig.from_json(json.loads((run_dir / "trial.json").read_text()))
-
-
-def rebuild(run_dir: Path) -> tuple[nn.Module, TaskKind, TrialConfig]:
-    """A finished trial's trained model (its method applied, the saved trainable tensors loaded),
-    its kind (tokenizer loaded) and its config, from the run directory."""
+def read_trial(run_dir: Path) -> tuple[TrialConfig, str]:
+    """A finished trial's config and key, from a run directory that holds its saved weights."""
     needed = [run_dir / "trial.json", run_dir / "trainable.safetensors"]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}: not a finished trial's run directory with saved "
                         "weights (runs with save_weights: false cannot be reloaded)")
-    trial = read_trial(run_dir)
+    written = json.loads((run_dir / "trial.json").read_text())
+    return TrialConfig.from_json(written), written.get("key") or run_dir.name
+
+
+def rebuild(run_dir: Path, trial: TrialConfig | None = None) -> tuple[nn.Module, TaskKind, TrialConfig]:
+    """A finished trial's trained model (its method applied, the saved trainable tensors loaded),
+    its kind (tokenizer loaded) and its config (``trial``, when already read), from the run directory."""
+    if trial is None:
+        trial, _key = read_trial(run_dir)
     model, kind = load_base(trial)
     applied = apply_for_kind(model, trial, kind, 1)
     load_trainable_state(applied.model, load_file(str(run_dir / "trainable.safetensors")))
@@ -93,11 +96,11 @@ def rebuild(run_dir: Path) -> tuple[nn.Module, TaskKind, TrialConfig]:
 def load_run_predictor(run_dir: str | Path) -> Predictor:
     """A trained QA model from its run directory, as the attacks query it."""
     run_dir = Path(run_dir)
-    model, kind, trial = rebuild(run_dir)
-    if kind.task.kind != "qa":
+    trial, key = read_trial(run_dir)
+    if get_task(trial.task).kind != "qa":
         raise UserError(f"{run_dir} trained task {trial.task}, not a QA task")
-    return Predictor(kind, model, model_id=json.loads((run_dir / "trial.json").read_text()).get("key") or
-                     run_dir.name)
+    model, kind, _ = rebuild(run_dir, trial)
+    return Predictor(kind, model, model_id=key)
 
 
 def probe_loss(model: nn.Module, probe: Probe) -> torch.Tensor:

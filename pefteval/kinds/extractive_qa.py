@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pefteval.kinds.base import TaskKind
-from pefteval.models import ModelSource, is_decoder_config, load_tokenizer, load_with_head
+from pefteval.models import ModelSource, load_lm_or_span
 from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import QAExample
 from pefteval.train import Encoded, autocast, collate
@@ -150,11 +150,9 @@ class SpanExtraction(TaskKind):
     qa_mode = "extractive"
 
     def load_model(self, source: ModelSource, config: Any) -> nn.Module:
-        self.tokenizer = load_tokenizer(source)
-        self.is_decoder = is_decoder_config(config)
-        if config.pad_token_id is None:
-            config.pad_token_id = self.tokenizer.pad_token_id
-        return load_with_head(source, config, "span")
+        # select_kind gives this kind encoders only, which load_lm_or_span gives a fresh span head
+        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config)
+        return model
 
     def encode_train(self, examples: Sequence[QAExample]) -> Encoded:
         return prepare_train_windows(examples, self.tokenizer, self.hp.max_seq_length, self.hp.doc_stride)

@@ -4,7 +4,7 @@ A task declares its splits (clean, adversarial, and sets made against the traine
 how an example reads as a prompt, how predictions are scored, which metric selects the
 epoch (higher is better), and which columns the report shows. It never touches a model: the
 model-facing half of a trial is its kind (``pefteval.kinds``). This module imports nothing
-of pefteval but ``errors``, so every task family can build on it without a cycle.
+of pefteval but ``errors`` and ``metrics``, so every task family can build on it without a cycle.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pefteval.errors import DataError
+from pefteval.metrics import accuracy
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,9 @@ def score_accuracy(predictions: Sequence[int], examples: Sequence[Any], adversar
     """Accuracy of predicted class ids against ``example.label``."""
     if len(predictions) != len(examples):
         raise ValueError(f"{len(predictions)} predictions for {len(examples)} labels")
-    hits = [float(p == x.label) for p, x in zip(predictions, examples)]
-    acc = sum(int(h) for h in hits) / len(hits) if hits else float("nan")
-    return Scored({"accuracy": acc, "n": len(examples)}, hits)
+    labels = [x.label for x in examples]
+    hits = [float(p == y) for p, y in zip(predictions, labels)]
+    return Scored({"accuracy": accuracy(predictions, labels), "n": len(examples)}, hits)
 
 
 def shuffled(items: Sequence[Any], seed: int) -> list[Any]:
