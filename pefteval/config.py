@@ -6,6 +6,7 @@ allowed fields or values, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import inspect
 import itertools
@@ -15,15 +16,74 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from pefteval.errors import ConfigError
 from pefteval.tasks import TASKS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan pass every range check (nan compares false to everything) and then train
+    # "complete" trials with garbage metrics; refused in every float field, list elements included
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _not_bool(value: Any) -> Any:
+    """Lax mode takes True as 1 (``epochs: yes`` would train one epoch); strict mode would also refuse
+    the strings PyYAML makes of floats without a dot (``lr: 2e-5``), so only booleans are refused."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "expected a number, not a boolean")
+    return value
+
+
+# every int and float field is one of these (tests/test_validation_gaps.py walks the models to check)
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+# The results store keeps seeds as SQLite integers (signed 64-bit): a larger seed trained and then
+# failed to be stored. random.seed, np.random.seed(seed % 2**32) and torch.manual_seed take all of
+# them. Negative seeds are refused: random.seed(-n) is random.seed(n).
+SEED_MAX = 2**63 - 1
+SEED_RULE = "a seed must be an integer from 0 to 2**63 - 1 (9223372036854775807), the results store's range"
+
+
+def _seed_in_range(value: int) -> int:
+    if not 0 <= value <= SEED_MAX:
+        raise PydanticCustomError("seed_range", SEED_RULE)
+    return value
+
+
+# Named types (TypeAliasType) are validated as one unit: an override's Optional[...] lets None ("not
+# set") through without running their validators, and their errors carry no union-member names.
+Seed = TypeAliasType("Seed", Annotated[int, BeforeValidator(_not_bool), AfterValidator(_seed_in_range)])
+
+# a grid axis is one value or a list; the input's shape picks the member that validates it, so a bad
+# value gets one error (``training.lr[1]: ...``), not one from each member of the union
+_ONE, _LIST = "<one value>", "<list>"
+
+
+def _axis_shape(value: Any) -> str:
+    return _LIST if isinstance(value, (list, tuple)) else _ONE
+
+
+def _axis(item: Any, name: str) -> Any:
+    return TypeAliasType(name, Annotated[Union[Annotated[item, Tag(_ONE)], Annotated[list[item], Tag(_LIST)]],
+                                         Discriminator(_axis_shape)])
 
 
 def _none_passes(func: Callable[..., Any], mode: str) -> Callable[..., Any]:
@@ -68,8 +128,8 @@ def _override_of(base: type[BaseModel], doc: str) -> type[_Strict]:
 
 _C = TypeVar("_C", bound=BaseModel)
 
-GridFloat = Union[float, list[float]]
-GridInt = Union[int, list[int]]
+GridFloat = _axis(Float, "GridFloat")
+GridInt = _axis(Int, "GridInt")
 
 
 def _check_axis(field: str, value: Any) -> Any:
@@ -93,21 +153,21 @@ def _check_axis(field: str, value: Any) -> Any:
 class TrainingConfig(_Strict):
     """Optimisation settings. List-valued fields are grid axes (the paper's Table 6)."""
 
-    epochs: int = Field(3, ge=1)
+    epochs: Int = Field(3, ge=1)
     lr: GridFloat = 2e-5
     warmup_ratio: GridFloat = 0.06
     batch_size: GridInt = 32
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    max_seq_length: int = Field(128, ge=8)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    max_grad_norm: Float = Field(1.0, gt=0.0)
+    max_seq_length: Int = Field(128, ge=8)
     precision: Literal["bf16", "fp32"] = "bf16"
     group_by_length: bool = True
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: Int = Field(128, ge=1)
     # question answering: window overlap for long contexts, longest answer span (extractive),
     # cap on generated tokens (generative)
-    doc_stride: int = Field(128, ge=1)
-    max_answer_length: int = Field(30, ge=1)
-    max_new_tokens: int = Field(32, ge=1)
+    doc_stride: Int = Field(128, ge=1)
+    max_answer_length: Int = Field(30, ge=1)
+    max_new_tokens: Int = Field(32, ge=1)
 
     @field_validator("lr", "warmup_ratio", "batch_size")
     @classmethod
@@ -147,7 +207,7 @@ class FFTMethod(_MethodBase):
     """Full fine-tuning; with top_k_layers only the last k transformer blocks train."""
 
     type: Literal["fft"]
-    top_k_layers: int | None = Field(None, ge=1)
+    top_k_layers: Optional[Int] = Field(None, ge=1)
 
 
 class BitFitMethod(_MethodBase):
@@ -158,24 +218,35 @@ class BitFitMethod(_MethodBase):
 
 class LoraMethod(_MethodBase):
     type: Literal["lora"]
-    r: int = Field(8, ge=1)
-    alpha: float = 16
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    r: Int = Field(8, ge=1)
+    alpha: Float = 16
+    dropout: Float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] | None = None
 
 
 class AdaLoraMethod(_MethodBase):
     type: Literal["adalora"]
-    r: int = Field(8, ge=1, description="target average rank after budget allocation")
-    init_r: int = Field(12, ge=1)
-    alpha: float = 32
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    r: Int = Field(8, ge=1, description="target average rank after budget allocation")
+    init_r: Int = Field(12, ge=1, validate_default=True,  # r above the default init_r is caught too
+                        description="every adapter's rank before pruning; greater than r")
+    alpha: Float = 32
+    dropout: Float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] | None = None
+
+    @field_validator("init_r")
+    @classmethod
+    def _room_to_prune(cls, init_r: int, info: ValidationInfo) -> int:
+        # with init_r <= r there is nothing to prune: peft's first allocation fails in torch.kthvalue
+        r = info.data.get("r")
+        if r is not None and init_r <= r:
+            raise ValueError(f"init_r must be greater than r ({r}): AdaLoRA starts each adapter at rank init_r "
+                             "and prunes them to an average rank of r; for a fixed rank use lora")
+        return init_r
 
 
 class PrefixMethod(_MethodBase):
     type: Literal["prefix"]
-    num_virtual_tokens: int = Field(20, ge=1)
+    num_virtual_tokens: Int = Field(20, ge=1)
     prefix_projection: bool = False
 
 
@@ -223,31 +294,31 @@ class AttackConfig(_Strict):
     """Settings of the generated Adversarial SQuAD sets (see pefteval/tasks/squad/attacks.py).
     AddAny and AddAnyExtend search against the trained model, with a query budget."""
 
-    seed: int = 0
-    distractor_words: int = Field(10, ge=1, description="words in an AddAny distractor")
-    candidates: int = Field(20, ge=1, description="candidate words tried per position and pass")
-    max_passes: int = Field(3, ge=1, description="sweeps over the distractor's positions")
-    max_queries: int = Field(1200, ge=1, description="model evaluations per source question")
+    seed: Seed = Field(0, description=f"seeds every generated variant; {SEED_RULE}")
+    distractor_words: Int = Field(10, ge=1, description="words in an AddAny distractor")
+    candidates: Int = Field(20, ge=1, description="candidate words tried per position and pass")
+    max_passes: Int = Field(3, ge=1, description="sweeps over the distractor's positions")
+    max_queries: Int = Field(1200, ge=1, description="model evaluations per source question")
 
 
 class DataConfig(_Strict):
     """How task splits are drawn. All subsets are fixed by split_seed, not by the trial seed."""
 
-    max_train_examples: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
-    validation_size: float = Field(0.1, gt=0.0, description="fraction (<1) or count (>=1)")
-    max_validation_examples: int | None = Field(1000, ge=1)
+    max_train_examples: Optional[Int] = Field(None, ge=1)
+    max_eval_examples: Optional[Int] = Field(None, ge=1)
+    validation_size: Float = Field(0.1, gt=0.0, description="fraction (<1) or count (>=1)")
+    max_validation_examples: Optional[Int] = Field(1000, ge=1)
     train_from: Literal["auto", "train", "dev"] = "auto"
-    dev_test_fraction: float = Field(0.5, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    dev_test_fraction: Float = Field(0.5, gt=0.0, lt=1.0)
+    split_seed: Seed = Field(0, description=f"fixes every subset and split drawn from the data; {SEED_RULE}")
     # adversarial evaluation sets (None: all the task has); for Adversarial SQuAD a cap on the
     # source questions, each scored with all its variants
     adversarial_sets: list[str] | None = None
-    max_adversarial_questions: int | None = Field(None, ge=1)
+    max_adversarial_questions: Optional[Int] = Field(None, ge=1)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     # prompt-based few-shot classification with a decoder LM: training examples per class
     # (a list runs each k: the data-scaling experiment of Table 7 / Figure 2)
-    k_shot: int | list[int] | None = None
+    k_shot: Optional[GridInt] = None
 
     @field_validator("k_shot")
     @classmethod
@@ -276,12 +347,12 @@ class AnalysisConfig(_Strict):
     # regular expressions on module names (e.g. 'layer\\.0\\..*query') whose full increments are
     # saved besides the default module (the last block's query projection)
     increment_modules: list[str] = Field(default_factory=list)
-    probe_examples: int = Field(32, ge=1)  # validation examples saved for the model-based analyses
-    sensitivity_examples: int = Field(16, ge=1)  # of those, the batch of the sensitivity analysis
-    rho: list[float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
-    draws: int = Field(8, ge=2, multiple_of=2)  # antithetic pairs (ε, −ε)
-    power_iterations: int = Field(20, ge=1)
-    power_tol: float = Field(1e-3, gt=0)
+    probe_examples: Int = Field(32, ge=1)  # validation examples saved for the model-based analyses
+    sensitivity_examples: Int = Field(16, ge=1)  # of those, the batch of the sensitivity analysis
+    rho: list[Float] = Field(default_factory=lambda: [1e-3, 3e-3, 1e-2], min_length=1)
+    draws: Int = Field(8, ge=2, multiple_of=2)  # antithetic pairs (ε, −ε)
+    power_iterations: Int = Field(20, ge=1)
+    power_tol: Float = Field(1e-3, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -312,7 +383,9 @@ class ExperimentConfig(_Strict):
     tasks: list[str] = Field(min_length=1)
     task_data: dict[str, DataOverride] = Field(default_factory=dict)
     methods: list[MethodConfig] = Field(min_length=1)
-    seeds: list[int] = Field([0, 42, 421, 520, 1228], min_length=1)
+    seeds: list[Seed] = Field([0, 42, 421, 520, 1228], min_length=1,
+                              description=f"one trial per seed (training order, initial weights, k-shot sample); "
+                                          f"{SEED_RULE}")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     save_weights: bool = True
@@ -452,21 +525,25 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return current
 
 
-def _strip_method_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic puts the discriminator tag into the location (methods.0.lora.r); drop it
+def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the discriminator tag into the location (methods.0.lora.r, training.lr.<list>.1); drop it
     out = []
     for i, part in enumerate(loc):
-        if part in METHOD_TYPES and i > 0 and isinstance(loc[i - 1], int):
+        if (part in METHOD_TYPES and i > 0 and isinstance(loc[i - 1], int)) or part in (_ONE, _LIST):
             continue
         out.append(part)
     return tuple(out)
+
+
+# pydantic's wording replaced where it does not say what is wrong with the value
+_MESSAGES = {"finite_number": "must be a finite number, not inf or nan"}
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid experiment config"]
     for item in err.errors():
         loc = tuple(item["loc"])
-        path = _format_loc(_strip_method_tags(loc))
+        path = _format_loc(_strip_tags(loc))
         if item["type"] == "extra_forbidden":
             owner = _model_at(loc)
             allowed = list(owner.model_fields) if owner else []
@@ -479,7 +556,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif item["type"] == "union_tag_not_found":
             lines.append(f"  {path}: a method needs a 'type' (one of {', '.join(METHOD_TYPES)})")
         else:
-            msg = item["msg"].removeprefix("Value error, ")
+            msg = _MESSAGES.get(item["type"]) or item["msg"].removeprefix("Value error, ")
             lines.append(f"  {path}: {msg} (got {item.get('input')!r})")
     return "\n".join(lines)
 
@@ -495,14 +572,32 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
 
 def load_config(path: str | Path) -> ExperimentConfig:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file; pass the path of an experiment YAML, "
+                          "e.g. configs/quickstart.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} "
                           "(pass the path of an experiment YAML, e.g. configs/quickstart.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_config(data, str(path))
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text, read as UTF-8 whatever the locale (a leading byte-order mark is dropped); a
+    file that is not UTF-8 (a Latin-1 byte, a binary file) is a ConfigError naming the first bad line."""
+    try:
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text: line {line} has the byte 0x{raw[err.start]:02x}, which UTF-8 "
+                          "cannot decode; save the file as UTF-8") from None
 
 
 class TrialConfig(_Strict):
@@ -517,7 +612,7 @@ class TrialConfig(_Strict):
     training: TrainingConfig  # one grid point: every axis holds a single value
     data: DataConfig  # with the task's overrides applied; k_shot a single value or None
     data_source: str
-    seed: int
+    seed: Seed = Field(description=SEED_RULE)
     save_weights: bool = True
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 

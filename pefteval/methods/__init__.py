@@ -50,7 +50,7 @@ def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, head: 
     elif isinstance(method, BitFitMethod):
         apply_bitfit(model, head_names)
     else:
-        model, on_step = apply_peft(model, method, total_steps, head, paper_lora_targets)
+        model, on_step, notes = apply_peft(model, method, total_steps, head, paper_lora_targets)
     trainable = count_parameters(model, trainable_only=True)
     if trainable == 0:
         raise RuntimeError(f"method {method.label} left no trainable parameters")

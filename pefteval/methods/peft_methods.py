@@ -49,9 +49,10 @@ def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -
         # AdaLoRA prunes from init_r to r over the middle of training: warm up for 10 %
         # of the steps, fix the budget for the last 20 %
         tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
-        return peft.AdaLoraConfig(task_type=task, init_r=max(method.init_r, method.r), target_r=method.r,
+        return peft.AdaLoraConfig(task_type=task, init_r=method.init_r, target_r=method.r,
                                   lora_alpha=method.alpha, lora_dropout=method.dropout,
-                                  target_modules=method.target_modules, total_step=max(total_steps, tinit + tfinal + 1),
+                                  target_modules=method.target_modules,
+                                  total_step=adalora_total_step(total_steps, tfinal),
                                   tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 50))
     if isinstance(method, PrefixMethod):
         return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=method.num_virtual_tokens,
@@ -62,6 +63,15 @@ def build_peft_config(method: _MethodBase, total_steps: int, task: Any = None) -
     if isinstance(method, PeftMethod):
         return generic_peft_config(method.peft_type, method.kwargs, task)
     raise TypeError(f"not a peft method: {method!r}")
+
+
+def adalora_total_step(total_steps: int, tfinal: int) -> int:
+    """peft's ``total_step`` for a run of ``total_steps`` optimiser steps: the run's own length from
+    2 steps on. peft fixes the final budget at step total_step - tfinal from importance scores that
+    only the steps before it gather, so that step must be 2 or later: a one-step run is given
+    total_step 2 and ends after one budget allocation, part of the way from init_r to r (with
+    total_step 1 nothing was gathered, and peft's mask_to_budget raised a KeyError)."""
+    return max(total_steps, tfinal + 2)
 
 
 def generic_peft_config(peft_type: str, kwargs: dict[str, Any], task: Any = None) -> Any:
@@ -77,7 +87,9 @@ def generic_peft_config(peft_type: str, kwargs: dict[str, Any], task: Any = None
 
 
 def apply_peft(model: nn.Module, method: _MethodBase, total_steps: int, head: str = "classification",
-               paper_lora_targets: bool = False) -> tuple[nn.Module, Callable[[int], None] | None]:
+               paper_lora_targets: bool = False) -> tuple[nn.Module, Callable[[int], None] | None, list[str]]:
+    """The wrapped model, the hook to call after each optimiser step (AdaLoRA's rank allocation) and
+    notes for the trial's record."""
     if isinstance(method, LoraMethod) and method.target_modules is None and paper_lora_targets:
         method = method.model_copy(update={"target_modules": paper_targets_of(model)})
     config = build_peft_config(method, total_steps, peft_task_type(head))
@@ -86,7 +98,14 @@ def apply_peft(model: nn.Module, method: _MethodBase, total_steps: int, head: st
     except ValueError as err:
         raise UserError(f"method {method.label}: peft could not apply it to {type(model).__name__}: {err}") from None
     on_step = None
+    notes = []
     if isinstance(method, AdaLoraMethod):
         def on_step(step: int) -> None:
             wrapped.base_model.update_and_allocate(step)
-    return wrapped, on_step
+
+        final = config.total_step - config.tfinal
+        if final > total_steps:  # a one-step run (see adalora_total_step)
+            notes.append(f"AdaLoRA: the run's {total_steps} optimiser step(s) end before its final rank allocation "
+                         f"(step {final}), so the ranks were pruned only part of the way from init_r "
+                         f"{method.init_r} to r {method.r}")
+    return wrapped, on_step, notes
