@@ -18,11 +18,17 @@ from pefteval.tasks.base import (
     Scored,
     Task,
     TaskSplits,
+    file_sha256,
     get_task,
     hold_out_validation,
+    load_hub_split,
+    read_data_bytes,
+    read_data_text,
     read_json_file,
+    record_data_file,
     register,
     resolve_data_dir,
+    track_data_reads,
 )
 
 # registration order is the order `pefteval list` shows: GLUE, SQuAD, the generation tasks (ViGGO,
@@ -31,5 +37,6 @@ _FAMILIES = (_glue, _squad, _viggo, _sql, _gsm8k, _fewshot)
 for _family in _FAMILIES:
     _family.register_tasks()
 
-__all__ = ["TASKS", "Example", "Prompting", "QAExample", "Scored", "Task", "TaskSplits", "get_task",
-           "hold_out_validation", "read_json_file", "register", "resolve_data_dir"]
+__all__ = ["TASKS", "Example", "Prompting", "QAExample", "Scored", "Task", "TaskSplits", "file_sha256", "get_task",
+           "hold_out_validation", "load_hub_split", "read_data_bytes", "read_data_text", "read_json_file",
+           "record_data_file", "register", "resolve_data_dir", "track_data_reads"]

@@ -3,16 +3,22 @@
 A task declares its splits (clean, adversarial, and sets made against the trained model),
 how an example reads as a prompt, how predictions are scored, which metric selects the
 epoch (higher is better), and which columns the report shows. It never touches a model: the
-model-facing half of a trial is its kind (``pefteval.kinds``). This module imports nothing
-of pefteval but ``errors`` and ``metrics``, so every task family can build on it without a cycle.
+model-facing half of a trial is its kind (``pefteval.kinds``). Task families read their local
+data files and hub splits through the helpers here (``read_data_text``, ``read_data_bytes``,
+``load_hub_split``), which give one clear DataError for a bad file and let ``track_data_reads``
+record what a trial's data came from. This module imports nothing of pefteval but ``errors`` and
+``metrics``, so every task family can build on it without a cycle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,15 +177,121 @@ def hold_out_validation(pool: list[Any], cfg: Any) -> tuple[list[Any], list[Any]
     return validation, train
 
 
+# --- reading local data files -----------------------------------------------------------------
+#
+# Every task reads its local input files through these helpers, so that a bad file (absent, a
+# folder, unreadable, not UTF-8) gives one DataError naming it and the fix, a UTF-8 byte-order mark
+# (Excel and Notepad write one) is accepted everywhere, and ``track_data_reads`` sees every file a
+# trial's data came from.
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+# the read trackers now active, innermost last: a context variable rather than a global list, so a
+# tracker opened in one thread or asyncio task does not collect another's reads
+_TRACKERS: ContextVar[tuple[dict[str, str], ...]] = ContextVar("pefteval_data_reads", default=())
+
+
+@contextmanager
+def track_data_reads() -> Iterator[dict[str, str]]:
+    """A dict of the data a block read, for a fingerprint that shows on resume whether it changed.
+
+    While the block runs, each local data file read through this module (and each SQLite database
+    a split points at) adds ``{str(path.resolve()): "sha256:<hex>"}``, the hash of the bytes read,
+    and each hub split ``{"hub:<path>[/<config>]:<split>": <the dataset's _fingerprint>}``. An entry
+    is added once, at the first read. Trackers nest: a read inside an inner block is also recorded
+    by every outer one. Reads in other threads are not seen (each thread has its own context)."""
+    reads: dict[str, str] = {}
+    token = _TRACKERS.set((*_TRACKERS.get(), reads))
+    try:
+        yield reads
+    finally:
+        _TRACKERS.reset(token)
+
+
+def _record(key: str, value: Callable[[], str]) -> None:
+    """Add ``key`` to the active trackers; ``value`` is only computed when one still lacks it."""
+    missing = [reads for reads in _TRACKERS.get() if key not in reads]
+    if missing:
+        computed = value()
+        for reads in missing:
+            reads[key] = computed
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's bytes, read in 1 MiB blocks so a large file is never held whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def record_data_file(path: Path) -> None:
+    """Record a data file that is used without being read here (a SQLite database queried when
+    scoring) in the active trackers; a no-op when none is active, so nothing is hashed in vain."""
+    _record(str(path.resolve()), lambda: file_sha256(path))
+
+
+def read_data_bytes(path: Path, missing: DataError | None = None) -> bytes:
+    """The bytes of a local data file, recorded by the active trackers. ``missing`` is raised when
+    it is absent (default: a plain "not found"); a folder in its place, or a file the OS will not
+    read, gives a DataError saying so."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a parent is a file
+        raise missing or DataError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a file: put the data file itself at this path "
+                        "(a download or unzip may have made a folder of that name)") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); check its permissions "
+                        "(it must be readable by this user)") from None
+    _record(str(path.resolve()), lambda: f"sha256:{hashlib.sha256(data).hexdigest()}")
+    return data
+
+
+def read_data_text(path: Path, missing: DataError | None = None, fallback_encoding: str | None = None) -> str:
+    """A local data file as text: UTF-8, a leading byte-order mark dropped (what ``utf-8-sig``
+    does). A file that is not UTF-8 is a DataError naming the line and column of its first bad
+    byte, unless ``fallback_encoding`` is given: then it is decoded with that instead (TREC's
+    original release holds one Latin-1 byte, which must keep loading). Line endings are kept as
+    they are; ``missing`` as in :func:`read_data_bytes`."""
+    data = read_data_bytes(path, missing).removeprefix(_UTF8_BOM)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if fallback_encoding is not None:
+            return data.decode(fallback_encoding)
+        line = data.count(b"\n", 0, err.start) + 1
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        column = len(data[line_start:err.start].decode("utf-8")) + 1  # the text before the bad byte is valid
+        raise DataError(f"{path} line {line}: not UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+                        "re-save the file as UTF-8") from None
+
+
 def read_json_file(path: Path, missing: DataError) -> Any:
     """A release's JSON file, parsed; ``missing`` is raised when it is absent, and invalid JSON names
     its line and column."""
-    if not path.is_file():
-        raise missing
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_data_text(path, missing))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
+def load_hub_split(path: str, config: str | None, split: str,
+                   fix: str = "Offline, pass --data-dir with the release files.") -> Any:
+    """One split of a hub dataset (a ``datasets.Dataset``), recorded by the active trackers under
+    ``hub:<path>[/<config>]:<split>`` with its ``_fingerprint`` ("unknown" for an object without
+    one, such as a streamed dataset). A failure is a DataError naming the split, followed by ``fix``."""
+    import datasets  # only when reading from the hub: datasets is slow to import
+
+    name = f"{path}/{config}" if config else path
+    try:
+        dataset = datasets.load_dataset(path, config, split=split)
+    except Exception as err:  # noqa: BLE001 - network and hub errors come in many types
+        raise DataError(f"could not load {name} split {split} from the hub ({type(err).__name__}: {err}). "
+                        f"{fix}") from None
+    _record(f"hub:{name}:{split}", lambda: str(getattr(dataset, "_fingerprint", None) or "unknown"))
+    return dataset
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:

@@ -36,6 +36,7 @@ cut to seeded 20,000 / 10,000-row subsets.
 from __future__ import annotations
 
 import csv
+import io
 import random
 import re
 from collections.abc import Sequence
@@ -44,7 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError, UserError
-from pefteval.tasks.base import TASKS, Example, Task, TaskSplits, hold_out_validation, register, score_accuracy
+from pefteval.tasks.base import (
+    TASKS,
+    Example,
+    Task,
+    TaskSplits,
+    hold_out_validation,
+    load_hub_split,
+    read_data_text,
+    register,
+    score_accuracy,
+)
 from pefteval.tasks.glue import SPEC_BY_NAME, read_tsv
 
 LABEL_SLOT = "{label}"
@@ -247,22 +258,13 @@ def read_sst2(data_dir: Path) -> dict[str, list[Example]]:
             "test": read_tsv(data_dir / "glue/SST-2/dev.tsv", glue)}
 
 
-def _decode(path: Path) -> str:
-    """UTF-8 when the file is valid UTF-8, else latin-1. The original TREC release is ASCII plus
-    one byte 0xF0 (train line 66), which is not UTF-8; latin-1 maps every byte to a character."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
 def read_trec(path: Path, spec: FewShotSpec) -> list[Example]:
-    """``COARSE:fine question text`` per line; the class is the coarse label."""
-    if not path.is_file():
-        raise _missing(path, spec)
+    """``COARSE:fine question text`` per line; the class is the coarse label. The file is read as
+    UTF-8, else as latin-1: the original TREC release is ASCII plus one byte 0xF0 (train line 66),
+    which is not UTF-8; latin-1 maps every byte to a character."""
     examples = []
-    for lineno, line in enumerate(_decode(path).splitlines(), start=1):
+    text = read_data_text(path, _missing(path, spec), fallback_encoding="latin-1")
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         label, _, text = line.partition(" ")
@@ -285,10 +287,9 @@ def clean_agnews(text: str) -> str:
 
 def read_agnews_csv(path: Path, spec: FewShotSpec) -> list[Example]:
     """``"class","title","description"`` without a header; class 1..4. Text = title + description."""
-    if not path.is_file():
-        raise _missing(path, spec)
     examples = []
-    with path.open(encoding="utf-8", newline="") as f:
+    # newline="" hands the csv module each line with its own ending, as open(newline="") does
+    with io.StringIO(read_data_text(path, _missing(path, spec)), newline="") as f:
         reader = csv.reader(f)
         for row in reader:
             lineno = reader.line_num
@@ -353,18 +354,9 @@ def _check_hub_names(dataset: Any, spec: FewShotSpec, where: str) -> None:
 
 
 def _hub_rows(spec: FewShotSpec, split: str, limit: int | None, seed: int) -> list[dict[str, Any]]:
-    import datasets  # only when reading from the hub: datasets is slow to import
-
-    where = f"{spec.hub_path} split {split}"
-    try:
-        if spec.hub_config is None:
-            dataset = datasets.load_dataset(spec.hub_path, split=split)
-        else:
-            dataset = datasets.load_dataset(spec.hub_path, spec.hub_config, split=split)
-    except Exception as err:  # noqa: BLE001 - network and hub errors come in many types
-        raise DataError(f"could not load {where} from the hub ({type(err).__name__}: {err}). "
-                        "Check the network and the dataset id (FewShotSpec.hub_path).") from None
-    _check_hub_names(dataset, spec, where)
+    dataset = load_hub_split(spec.hub_path, spec.hub_config, split,
+                             fix="Check the network and the dataset id (FewShotSpec.hub_path).")
+    _check_hub_names(dataset, spec, f"{spec.hub_path} split {split}")
     if limit is not None and len(dataset) > limit:
         keep = sorted(random.Random(seed).sample(range(len(dataset)), limit))
         dataset = dataset.select(keep) if hasattr(dataset, "select") else [dataset[i] for i in keep]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import Prompting, Scored, Task, TaskSplits, hold_out_validation, register
+from pefteval.tasks.base import Prompting, Scored, Task, TaskSplits, hold_out_validation, load_hub_split, register
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,7 @@ def _missing(path: Path, what: str) -> DataError:
 
 
 def _hub_rows(path: str, config: str | None, split: str) -> list[dict[str, Any]]:
-    import datasets  # only when reading from the hub: datasets is slow to import
-
-    try:
-        return list(datasets.load_dataset(path, config, split=split))
-    except Exception as err:  # noqa: BLE001 - network and hub errors come in many types
-        raise DataError(f"could not load {path}{'/' + config if config else ''} split {split} from the hub "
-                        f"({type(err).__name__}: {err}). Offline, pass --data-dir with the release files.") from None
+    return list(load_hub_split(path, config, split))
 
 
 def _text_field(row: Any, key: str, where: str, fix: str) -> str:

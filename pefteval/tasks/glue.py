@@ -18,6 +18,7 @@ AdvGLUE perturbs GLUE dev sentences.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -25,10 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import Example, Task, TaskSplits, hold_out_validation, register, score_accuracy
+from pefteval.tasks.base import (
+    Example,
+    Task,
+    TaskSplits,
+    hold_out_validation,
+    load_hub_split,
+    read_data_bytes,
+    read_data_text,
+    register,
+    score_accuracy,
+)
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,9 @@ def _label_id(raw: Any, spec: GlueSpec) -> int | None:
 
 
 def read_tsv(path: Path, spec: GlueSpec) -> list[Example]:
-    if not path.is_file():
-        raise _missing(path, f"{spec.display} file")
     examples = []
-    with path.open(encoding="utf-8", newline="") as f:
+    # newline="" hands the csv module each line with its own ending, as open(newline="") does
+    with io.StringIO(read_data_text(path, _missing(path, f"{spec.display} file")), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
@@ -131,10 +142,9 @@ def read_tsv(path: Path, spec: GlueSpec) -> list[Example]:
 
 
 def read_parquet(path: Path, spec: GlueSpec) -> list[Example]:
-    if not path.is_file():
-        raise _missing(path, f"{spec.display} file")
+    data = read_data_bytes(path, _missing(path, f"{spec.display} file"))
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     wanted = [c for c in (*spec.fields, "label") if c]
@@ -165,10 +175,9 @@ def read_local(data_dir: Path, file: LocalFile, spec: GlueSpec) -> list[Example]
 
 
 def read_advglue(path: Path, spec: GlueSpec) -> list[Example]:
-    if not path.is_file():
-        raise _missing(path, "AdvGLUE dev.json")
+    text = read_data_text(path, _missing(path, "AdvGLUE dev.json"))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict) or spec.advglue_key not in data:
@@ -178,13 +187,7 @@ def read_advglue(path: Path, spec: GlueSpec) -> list[Example]:
 
 
 def _hub(path: str, config: str, split: str) -> list[dict[str, Any]]:
-    import datasets  # only when reading from the hub: datasets is slow to import
-
-    try:
-        return list(datasets.load_dataset(path, config, split=split))
-    except Exception as err:  # noqa: BLE001 - network and hub errors come in many types
-        raise DataError(f"could not load {path}/{config} split {split} from the hub ({type(err).__name__}: {err}). "
-                        "Offline, pass --data-dir with the release files.") from None
+    return list(load_hub_split(path, config, split))
 
 
 def normalise(text: str | None) -> str:

@@ -8,6 +8,7 @@ annotations, then ``#### N``). From the hub: ``openai/gsm8k`` (config ``main``).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import Scored
+from pefteval.tasks.base import Scored, read_data_text
 from pefteval.tasks.generation import (
     GenExample,
     GenTaskSpec,
@@ -106,11 +107,11 @@ def gsm8k_example(question: str, answer: str, example_id: str, where: str) -> Ge
 
 def read_gsm8k_jsonl(path: Path, split: str) -> list[GenExample]:
     """Examples of a GSM8K JSON Lines file; a malformed line names its number."""
-    if not path.is_file():
-        raise _missing(path, f"GSM8K {split} file")
     fix = "Each line must be a JSON object with string fields 'question' and 'answer'."
     out = []
-    with path.open(encoding="utf-8") as handle:
+    # newline=None splits lines as open() does (universal newlines); str.splitlines would also split
+    # at characters such as U+2028 that a JSON string may hold
+    with io.StringIO(read_data_text(path, _missing(path, f"GSM8K {split} file")), newline=None) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

@@ -12,12 +12,13 @@ Offline files, under a data directory: ``viggo/{train,valid,test}.csv`` (columns
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import Scored
+from pefteval.tasks.base import Scored, read_data_text
 from pefteval.tasks.generation import (
     GenExample,
     GenTaskSpec,
@@ -138,11 +139,10 @@ def viggo_example(text: str, mr: str, example_id: str, where: str) -> GenExample
 
 def read_viggo_csv(path: Path, split: str) -> list[GenExample]:
     """Rows of a ViGGO CSV file (header ``mr,ref``); a malformed row names its line."""
-    if not path.is_file():
-        raise _missing(path, f"ViGGO {split} file")
     fix = "ViGGO files are CSV with the header 'mr,ref' and both fields filled in every row."
     out = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    # newline="" hands the csv module each line with its own ending, as open(newline="") does
+    with io.StringIO(read_data_text(path, _missing(path, f"ViGGO {split} file")), newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"mr", "ref"} <= set(reader.fieldnames):
             raise DataError(f"{path}: line 1: header is {reader.fieldnames}, expected columns mr and ref. {fix}")

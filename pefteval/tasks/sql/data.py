@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import read_json_file
+from pefteval.tasks.base import read_json_file, record_data_file
 from pefteval.tasks.generation import GenExample, GenTaskSpec, _hub_rows, _missing, _text_field
 from pefteval.tasks.sql.normalize import quote_identifier
 
@@ -104,7 +104,8 @@ def sql_example(question: str, context: str, query: str, example_id: str, db_id:
 def read_spider_file(path: Path, split: str, schemas: dict[str, dict[str, Any]], database_dir: Path,
                      contexts: dict[str, str]) -> list[GenExample]:
     """Spider records as SQL examples; the question is ``question`` (``SpiderQuestion`` in the
-    Spider-Syn copy). ``meta["db_path"]`` is None where the database file is absent."""
+    Spider-Syn copy). ``meta["db_path"]`` is None where the database file is absent; each database
+    found is recorded by the active data-read trackers, since scoring queries it."""
     fix = ("Each record needs 'db_id', 'query' and 'question' (or 'SpiderQuestion'), and its db_id must be "
            f"described in {SPIDER_TABLES_FILE}.")
     out = []
@@ -121,8 +122,11 @@ def read_spider_file(path: Path, split: str, schemas: dict[str, dict[str, Any]],
         if db_id not in contexts:
             contexts[db_id] = spider_schema_context(schemas[db_id])
         db_path = database_dir / db_id / f"{db_id}.sqlite"
+        found = db_path.is_file()
+        if found:
+            record_data_file(db_path)
         out.append(sql_example(question, contexts[db_id], query, f"spider-{split}-{i}", db_id,
-                               db_path if db_path.is_file() else None))
+                               db_path if found else None))
     if not out:
         raise DataError(f"{path}: no records found")
     return out

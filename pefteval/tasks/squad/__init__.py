@@ -24,9 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import Prompting, QAExample, Scored, Task, TaskSplits, hold_out_validation, register
+from pefteval.tasks.base import (
+    Prompting,
+    QAExample,
+    Scored,
+    Task,
+    TaskSplits,
+    file_sha256,
+    hold_out_validation,
+    register,
+)
 from pefteval.tasks.base import shuffled as _shuffled
-from pefteval.tasks.squad.attacks import file_sha256, generated_set
+from pefteval.tasks.squad.attacks import generated_set
 from pefteval.tasks.squad.data import (
     ADV_FILES,
     ADVERSARIAL,
@@ -102,7 +111,8 @@ def _source_key(data_dir: Path | None) -> str:
     """What the generated sets are made from, for their cache key: the dev file's hash, or the hub id."""
     if data_dir is None:
         return f"hub:{HUB_SQUAD}:validation"
-    return file_sha256(data_dir / DEV_FILE)
+    # the bare hex digest, as these keys have always held, so that sets cached before stay valid
+    return file_sha256(data_dir / DEV_FILE).removeprefix("sha256:")
 
 
 def load_squad(data_dir: Path | None, cfg: Any) -> TaskSplits:

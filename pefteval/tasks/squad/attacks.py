@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pefteval.errors import DataError, UserError
 from pefteval.tasks.base import QAExample
-from pefteval.tasks.squad.data import GENERATED, MODEL_ATTACKS, read_squad_json, source_id
+from pefteval.tasks.squad.data import GENERATED, MODEL_ATTACKS, source_id, squad_examples
 from pefteval.tasks.squad.metrics import normalize_answer, squad_scores
 from pefteval.tasks.squad.statements import statement_or_fallback
 
@@ -56,14 +56,6 @@ class ModelScorer(Protocol):
 
 
 # --- files and cache ------------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def cache_dir() -> Path:
     """$PEFTEVAL_CACHE_DIR/adversarial if set, else ~/.cache/pefteval/adversarial."""
@@ -110,6 +102,16 @@ def cache_path(name: str, sources: Sequence[QAExample], settings: Any, model: Mo
     return (directory if directory is not None else cache_dir()) / f"{name}-{key[:16]}.json"
 
 
+def _read_cached(path: Path) -> list[QAExample] | None:
+    """A cached set, or None when there is none or it is damaged (it is then regenerated and
+    replaced). Read here, not through the data-file helpers of ``pefteval.tasks.base``: a cache is
+    not input data, so it must not enter a trial's data fingerprint (``track_data_reads``)."""
+    try:
+        return squad_examples(json.loads(path.read_text(encoding="utf-8")), path)
+    except (OSError, ValueError, DataError):  # absent or unreadable, not UTF-8 or not JSON, not SQuAD
+        return None
+
+
 def _in_set_order(items: list[QAExample], sources: Sequence[QAExample]) -> list[QAExample]:
     """A cached file is grouped by paragraph; restore "originals, then variants", in source order."""
     position = {s.id: i for i, s in enumerate(sources)}
@@ -122,11 +124,9 @@ def generated_set(name: str, sources: list[QAExample], settings: Any, *, pool: l
     source data, attack, settings, model and source ids) was generated before."""
     _check_attack(name, model)
     path = cache_path(name, sources, settings, model, source_key, cache_dir)
-    if path.is_file():
-        try:
-            return _in_set_order(read_squad_json(path, f"cached {name} set"), sources)
-        except DataError:
-            pass  # a damaged cache file is regenerated and replaced
+    cached = _read_cached(path)
+    if cached is not None:
+        return _in_set_order(cached, sources)
     items = [*sources, *attack(name, sources, settings, pool=pool, model=model)]
     write_squad_json(path, items)
     return items

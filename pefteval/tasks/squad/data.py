@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.errors import DataError
-from pefteval.tasks.base import QAExample, read_json_file
+from pefteval.tasks.base import QAExample, load_hub_split, read_json_file
 
 TRAIN_FILE = "squad/train-v1.1.reconstructed.json"
 DEV_FILE = "squad/dev-v1.1.json"
@@ -30,8 +30,14 @@ def _missing(path: Path, what: str) -> DataError:
 
 
 def read_squad_json(path: Path, what: str = "SQuAD file") -> list[QAExample]:
-    """Questions of a SQuAD v1.1 JSON file, in file order; a malformed entry names its place."""
-    data = read_json_file(path, _missing(path, what))
+    """Questions of a SQuAD v1.1 JSON data file, in file order; a malformed entry names its place."""
+    return squad_examples(read_json_file(path, _missing(path, what)), path)
+
+
+def squad_examples(data: Any, path: Path) -> list[QAExample]:
+    """Questions of a parsed SQuAD v1.1 JSON document read from ``path`` (which errors name), in
+    document order. Apart from :func:`read_squad_json` so that a cache in this layout can be read
+    without counting as input data."""
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: expected the SQuAD layout {{\"version\", \"data\": [articles]}}")
     out = []
@@ -79,14 +85,7 @@ def from_hub_rows(rows: list[dict[str, Any]], where: str) -> list[QAExample]:
 
 
 def hub_split(config: str | None, split: str, path: str = HUB_SQUAD) -> list[QAExample]:
-    import datasets  # only when reading from the hub: datasets is slow to import
-
-    try:
-        rows = list(datasets.load_dataset(path, config, split=split))
-    except Exception as err:  # noqa: BLE001 - network and hub errors come in many types
-        raise DataError(f"could not load {path}{'/' + config if config else ''} split {split} from the hub "
-                        f"({type(err).__name__}: {err}). Offline, pass --data-dir with the release files.") from None
-    return from_hub_rows(rows, path)
+    return from_hub_rows(list(load_hub_split(path, config, split)), path)
 
 
 
