@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -47,6 +46,9 @@ class Planned:
     exp: ExperimentConfig
     data_path: Path | None
     trials: list[Trial]
+    # the data files (content hashes) and hub datasets (fingerprints) the tasks read, as
+    # tasks.base.track_data_reads records them; empty for a dry run, which reads no data
+    data_reads: dict[str, str] = field(default_factory=dict)
 
 
 def plan_run(config: Path, data_dir: str | None = None, methods: str | None = None, seeds: str | None = None,
@@ -67,6 +69,8 @@ def plan_run(config: Path, data_dir: str | None = None, methods: str | None = No
         raw["model"] = model
     if tasks:
         raw["tasks"] = _csv_list(tasks, "--tasks")
+    if seeds:  # validated as the config's seeds are: distinct, in range
+        raw["seeds"] = _csv_list(seeds, "--seeds", int)
     # command-line limits apply to every task, overriding per-task settings
     for section in [raw.setdefault("data", {}), *raw.get("task_data", {}).values()]:
         if max_train_examples:
@@ -80,21 +84,25 @@ def plan_run(config: Path, data_dir: str | None = None, methods: str | None = No
         exp, notices = drop_clipped_duplicates(exp, model_depth(exp.model))
         for notice in notices:
             typer.echo(f"notice: {notice}", err=True)
-    if check_data:
-        _check_task_data(exp, data_path)
-    trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"),
-                         _csv_list(seeds, "--seeds", int))
-    return Planned(exp, data_path, trials)
+    reads = _check_task_data(exp, data_path) if check_data else {}
+    trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"))
+    return Planned(exp, data_path, trials, reads)
 
 
-def _check_task_data(exp: ExperimentConfig, data_path: Path | None) -> None:
+def _check_task_data(exp: ExperimentConfig, data_path: Path | None) -> dict[str, str]:
+    """Load every task's data, so that missing or malformed data is an error before any training
+    starts; returns what was read (see Planned.data_reads)."""
     from pefteval.tasks import get_task
+    from pefteval.tasks.base import track_data_reads
 
-    for task in exp.tasks:  # surfaces missing or malformed data before any training starts
-        # the task's full data (a k-shot sample is drawn from it per trial)
-        splits = get_task(task).splits(data_path, exp.data_for(task).model_copy(update={"k_shot": None}), 0)
-        if len(splits.train) < 2:
-            raise UserError(f"task {task}: only {len(splits.train)} training example(s); raise --max-train-examples")
+    with track_data_reads() as reads:
+        for task in exp.tasks:
+            # the task's full data (a k-shot sample is drawn from it per trial)
+            splits = get_task(task).splits(data_path, exp.data_for(task).model_copy(update={"k_shot": None}), 0)
+            if len(splits.train) < 2:
+                raise UserError(f"task {task}: only {len(splits.train)} training example(s); "
+                                "raise --max-train-examples")
+    return dict(reads)
 
 
 def format_plan_line(trial: Trial) -> str:
@@ -114,11 +122,8 @@ def _dry_run(planned: Planned, out: Path | None) -> None:
     if store_path is not None and store_path.is_file():
         from pefteval.store import ResultStore
 
-        try:
-            with ResultStore(store_path) as store:
-                done = store.complete_keys()
-        except sqlite3.DatabaseError as err:
-            raise UserError(f"{store_path} is not a pefteval results store ({err})") from None
+        with ResultStore(store_path, read_only=True) as store:
+            done = store.complete_keys()
         count += f", {sum(1 for t in planned.trials if t.key in done)} already complete in {out}"
     typer.echo(count)
 
@@ -139,10 +144,15 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="override the model (alias, directory or hub id)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the planned trials (key, task, method, seed, "
                                  "grid point) and how many OUT already holds; train, load and write nothing"),
+    accept_data_change: bool = typer.Option(False, "--accept-data-change", help="retrain here, on the current "
+                                            "data, the complete trials whose data files changed since they ran "
+                                            "(their results are replaced); without it a change is an error"),
 ) -> None:
     """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
     if out is None and not dry_run:
         raise UserError("missing option --out DIR: the results directory (only --dry-run runs without it)")
+    if out is not None and not dry_run:
+        _check_out(out)
     planned = plan_run(config, data_dir, methods, seeds, max_train_examples, max_eval_examples, tasks, model,
                        check_data=not dry_run)
     if dry_run:
@@ -150,29 +160,41 @@ def run(
         return
     assert out is not None
     # imported here, not at the top: keeps --help and list free of torch
+    from pefteval.files import atomic_write_text, check_writable, make_dir
     from pefteval.sweep import run_trials
 
     exp, data_path, trials = planned.exp, planned.data_path, planned.trials
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.yaml").write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    make_dir(out)
+    check_writable(out)
+    atomic_write_text(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
                f"results in {out}", err=True)
-    summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump())
+    summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
+                         data_reads=planned.data_reads, accept_data_change=accept_data_change)
+    if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
+        typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
+                   "command again to resume", err=True)
+        raise typer.Exit(130)
     typer.echo(f"ran {summary.completed} trial(s), skipped {summary.skipped} already complete, "
                f"{len(summary.failed)} failed", err=True)
     for trial, error in summary.failed:
         typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
     _run_analyses(out, exp.analyses.run)
     try:
-        typer.echo(_write_report(out, "markdown"))
+        _write_report(out, "markdown", echo=True)
         _write_report(out, "html")
-    except UserError as err:  # nothing complete yet: say so, but keep the sweep's own exit status
+    except UserError as err:  # nothing complete yet, or no space for the report: say so, keep the sweep's status
         typer.echo(f"no report: {err}", err=True)
-    if summary.interrupted:
-        typer.echo("interrupted: finished trials are saved; run the same command again to resume", err=True)
-        raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a directory pefteval can create or write in; checked before anything is planned,
+    without creating it (a run that stops on a user error leaves no directory behind)."""
+    from pefteval.files import check_out_dir
+
+    check_out_dir(out)
 
 
 def _run_analyses(out: Path, names: list[str]) -> None:
@@ -191,15 +213,19 @@ def _run_analyses(out: Path, names: list[str]) -> None:
                        f"rerun it with `pefteval analyze {name} {out}`", err=True)
 
 
-def _write_report(out: Path, fmt: str) -> str:
+def _write_report(out: Path, fmt: str, echo: bool = False, echo_if_unsaved: bool = False) -> str:
+    """Build the report of OUT in ``fmt`` and save it (report.md, .csv, .tex or .html, and the scaling
+    figures). With ``echo`` the text is printed first, so that a directory that cannot take the files
+    (read-only, full) still gets its report on stdout before the error says where it could not write;
+    ``echo_if_unsaved`` prints it only then."""
     # imported here, not at the top: keeps --help and list free of torch
+    from pefteval.errors import OutputError
+    from pefteval.files import atomic_write_text
     from pefteval.report import build_table, render
-    from pefteval.store import ResultStore, atomic_write_text
+    from pefteval.store import ResultStore
 
     path = out / "results.sqlite"
-    if not path.is_file():
-        raise UserError(f"no results store at {path}; run `pefteval run CONFIG --out {out}` first")
-    with ResultStore(path) as store:
+    with ResultStore(path, read_only=True) as store:
         records = list(store.records())
         failed = sum(1 for _ in store.records("failed"))
     if not records:
@@ -211,16 +237,26 @@ def _write_report(out: Path, fmt: str) -> str:
         text = render_html(out, render(table, "markdown"), records)
     else:
         text = render(table, fmt)
+    if echo:
+        typer.echo(text, nl=False)
     suffix = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
-    atomic_write_text(out / f"report.{suffix}", text)
-    if table.scaling is not None:
-        from pefteval.report.scaling import plot_scaling
+    try:
+        atomic_write_text(out / f"report.{suffix}", text)
+        if table.scaling is not None:
+            from pefteval.report.scaling import plot_scaling
 
-        plot_scaling(table.scaling, out / "scaling.png")
-    if table.data_scaling is not None:
-        from pefteval.report.datascaling import plot_data_scaling
+            plot_scaling(table.scaling, out / "scaling.png")
+        if table.data_scaling is not None:
+            from pefteval.report.datascaling import plot_data_scaling
 
-        plot_data_scaling(table.data_scaling, out / "data_scaling.png")
+            plot_data_scaling(table.data_scaling, out / "data_scaling.png")
+    except OutputError as err:
+        if echo_if_unsaved and not echo:
+            typer.echo(text, nl=False)
+            echo = True
+        where = "above" if echo else "not saved"
+        raise OutputError(f"{err}; the report is {where}: pass a writable results directory to keep it "
+                          "(or redirect the output to a file)") from None
     return text
 
 
@@ -236,11 +272,11 @@ def report(
 
     if fmt not in (*FORMATS, "html"):
         raise UserError(f"--format {fmt!r}: choose one of {', '.join((*FORMATS, 'html'))}")
-    text = _write_report(out, fmt)
     if fmt == "html":
+        text = _write_report(out, fmt, echo_if_unsaved=True)
         typer.echo(f"wrote {out / 'report.html'} ({len(text) / 1024:.0f} KiB, images embedded)")
     else:
-        typer.echo(text, nl=False)
+        _write_report(out, fmt, echo=True)
 
 
 @app.command()
@@ -298,7 +334,8 @@ app.add_typer(adversarial_app, name="adversarial")
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before or after the sweep (the sweep itself says its own line)
+        typer.echo("interrupted", err=True)
         sys.exit(130)
 
 

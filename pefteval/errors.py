@@ -13,5 +13,11 @@ class DataError(UserError):
     """A data file is missing or malformed; the message names the file (and line)."""
 
 
+class OutputError(UserError):
+    """A results file could not be written (no space left, read-only file system, a file where a
+    directory should be); the message names the file and the reason. Inside a trial it fails the
+    trial; before or between trials it stops the sweep."""
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from pefteval.files import atomic_write_json
 from pefteval.kinds.base import TaskKind
-from pefteval.store import atomic_write_json
 from pefteval.tasks.base import Scored, Task
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from pefteval.files import save_tensors
 from pefteval.train import collate
 
 TARGET_KEYS = ("labels", "start_positions", "end_positions", "class_label", "score_index")
@@ -36,7 +36,7 @@ class Probe:
 
     def save(self, path: Path) -> None:
         meta = {"loss": self.loss, "label_ids": json.dumps(self.label_ids)}
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(path), metadata=meta)
+        save_tensors({k: v.contiguous() for k, v in self.tensors.items()}, path, metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> Probe:

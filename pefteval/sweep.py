@@ -1,9 +1,9 @@
 """The local executor: runs every planned trial that the store does not already
-hold as complete, each in its own process, and records it."""
+hold as complete (and whose completeness still holds: see pefteval.provenance), each in its
+own process, and records it."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pefteval.errors import OutputError, UserError
+from pefteval.files import atomic_write_json, make_dir, write_error
 from pefteval.plan import Trial
-from pefteval.store import ResultStore, atomic_write_json
+from pefteval.provenance import DataCheck, missing_files
+from pefteval.store import ResultStore
 from pefteval.tasks import TASKS, Task
 from pefteval.worker import context, trial_main
 
@@ -113,24 +116,39 @@ def _headline(metrics: dict[str, Any], task: Task) -> str:
 
 def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
             analysis: dict[str, Any] | None = None) -> dict[str, Any]:
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # leftovers of an interrupted or failed attempt
-    run_dir.mkdir(parents=True)
-    # the analysis options ride along outside the trial's identity: they never change training
-    options = analysis if analysis is not None else trial.resolved.analysis.model_dump()
-    atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": options})
+    """Run one trial in its own process; returns its record. A trial that could not save everything
+    it promises is failed, and its partial files are removed (its trial.json, log.txt and result.json
+    stay, to say what happened). A failure to set the trial up (its directory, its trial.json) raises
+    OutputError: the disk that cannot take those cannot take a trial either."""
+    try:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # leftovers of an interrupted, failed or damaged attempt
+        make_dir(run_dir)
+        # the analysis options ride along outside the trial's identity: they never change training
+        options = analysis if analysis is not None else trial.resolved.analysis.model_dump()
+        atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": options})
+    except OSError as err:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise write_error(run_dir, err) from None
+    except OutputError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))
     proc.start()
     sender.close()
+    record = None
     try:
         while True:
             try:
                 event = receiver.recv()
             except EOFError:
                 break
-            progress.event(event)
+            if event.get("event") == "result":
+                record = event["record"]
+            else:
+                progress.event(event)
         proc.join()
     except BaseException:
         proc.kill()
@@ -138,19 +156,39 @@ def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progre
         raise
     finally:
         receiver.close()
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
-    return {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
+    if record is None:  # the process died before it could say (killed, out of memory, a crash in C)
+        log = run_dir / "log.txt"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+        record = {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
+    if record["status"] != "complete":
+        remove_partial(run_dir)
+    return record
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete what a failed trial left but trial.json, log.txt and result.json."""
+    keep = {"trial.json", "log.txt", "result.json"}
+    for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if path.name in keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experiment: str,
-               stream: TextIO | None = None, analysis: dict[str, Any] | None = None) -> SweepSummary:
+               stream: TextIO | None = None, analysis: dict[str, Any] | None = None,
+               data_reads: dict[str, str] | None = None, accept_data_change: bool = False) -> SweepSummary:
+    """Run every trial the store does not hold as complete, and redo the complete ones whose run
+    directory lost files. A complete trial whose data changed since it ran is an error (it would be
+    reported as if trained on the current data) unless ``accept_data_change``, which redoes it.
+    ``data_reads`` is what planning read of the data (see ``tasks.base.track_data_reads``)."""
+    stream = stream or sys.stderr
     summary = SweepSummary(planned=len(trials))
     with ResultStore(out_dir / "results.sqlite") as store:
-        done = store.complete_keys()
-        todo = [t for t in trials if t.key not in done]
+        todo = trials_to_run(trials, store.complete_records(), out_dir, DataCheck(data_dir, data_reads or {}),
+                             accept_data_change, stream)
         summary.skipped = len(trials) - len(todo)
         progress = Progress(len(todo), stream)
         try:
@@ -169,3 +207,37 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
+
+
+def trials_to_run(trials: list[Trial], complete: dict[str, dict[str, Any]], out_dir: Path, data: DataCheck,
+                  accept_data_change: bool, stream: TextIO) -> list[Trial]:
+    """The planned trials not complete in the store, and those whose completeness no longer holds."""
+    todo, changed = [], []
+    for trial in trials:
+        record = complete.get(trial.key)
+        if record is None:
+            todo.append(trial)
+            continue
+        run_dir = out_dir / record.get("run_dir", run_dir_for(out_dir, trial).relative_to(out_dir))
+        lost = missing_files(run_dir, record)
+        if lost:
+            stream.write(f"redoing {trial.describe()}: complete in results.sqlite, but {run_dir} lacks "
+                         f"{', '.join(lost)}\n")
+            todo.append(trial)
+            continue
+        changes = data.changes(record.get("data_fingerprint"))
+        if changes:
+            changed.append((trial, changes))
+            todo.append(trial)
+    if changed and not accept_data_change:
+        lines = [f"  {t.describe()}: {'; '.join(c[:3])}" + (f"; and {len(c) - 3} more" if len(c) > 3 else "")
+                 for t, c in changed[:5]]
+        more = [f"  and {len(changed) - 5} more trial(s)"] if len(changed) > 5 else []
+        raise UserError("\n".join([
+            f"{len(changed)} complete trial(s) in {out_dir} were trained on other data than the data now:",
+            *lines, *more,
+            f"run into a new --out to keep both, or pass --accept-data-change to retrain these "
+            f"{len(changed)} trial(s) here on the current data (their results are replaced)"]))
+    for trial, changes in changed:
+        stream.write(f"redoing {trial.describe()}: its data changed ({'; '.join(changes[:3])})\n")
+    return todo

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import random
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from pefteval.analysis.capture import finish_trial
 from pefteval.config import TrialConfig
 from pefteval.evaluation import Evaluator
+from pefteval.files import save_tensors
 from pefteval.kinds import Predictor, apply_for_kind, prepare
 from pefteval.record import complete_record
 from pefteval.train import ProgressFn, steps_per_epoch, train_model
@@ -87,25 +86,15 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
 
 def finish(record: dict[str, Any], trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Any,
            rng_state: torch.Tensor, progress: ProgressFn | None) -> dict[str, Any]:
-    """Save the trained tensors and what the weight analyses read. A failure here keeps the
-    trained, evaluated trial: its metrics stand, its analysis files do not."""
+    """Save the trained tensors and what the weight analyses read. A trial is complete only when
+    everything it promises is on disk: a failure here (a full disk: OutputError naming the file)
+    fails the trial, and the sweep redoes it on the next run."""
     if progress is not None:
         progress({"event": "analyse"})
-    started = time.perf_counter()
-    try:
-        record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save_trainable)
-    except Exception as err:  # noqa: BLE001 - see the docstring
-        traceback.print_exc()
-        record["analysis_seconds"] = time.perf_counter() - started
-        record["analysis_error"] = f"{type(err).__name__}: {err}"
-        record["notes"] = [*record.get("notes", []),
-                           f"weight-analysis capture failed ({type(err).__name__}: {err}; traceback in log.txt); "
-                           "the trial's metrics are unaffected"]
+    record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save_trainable)
     return record
 
 
 def save_trainable(model: nn.Module, run_dir: Path) -> None:
     state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = run_dir / ".trainable.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(run_dir / "trainable.safetensors")
+    save_tensors(state, run_dir / "trainable.safetensors")

@@ -14,7 +14,7 @@ from pefteval.analysis.models import analyse_bound, analyse_sensitivity
 from pefteval.analysis.results import ANALYSES, AnalysisResult, Run, load_runs, options_for
 from pefteval.analysis.spectrum import analyse_spectrum
 from pefteval.errors import UserError
-from pefteval.store import atomic_write_text
+from pefteval.files import atomic_write_text
 
 __all__ = ["ANALYSES", "AnalysisResult", "Run", "run_analysis"]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from pefteval.analysis.bound import measure_bound
@@ -30,9 +29,9 @@ from pefteval.analysis.sensitivity import measure_sensitivity
 from pefteval.analysis.weights import default_module, increments, kind_of, module_of, tensor_stats
 from pefteval.config import TrialConfig
 from pefteval.errors import UserError
+from pefteval.files import atomic_write_json, make_dir, save_tensors
 from pefteval.kinds import load_base, probe_loss, rebuild
 from pefteval.probe import Probe
-from pefteval.store import atomic_write_json
 
 
 def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_dir: Path, config: dict[str, Any],
@@ -43,9 +42,7 @@ def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_d
     wanted = [re.escape(default) + "$", *patterns]
     full = {n: d.contiguous() for n, d in deltas.items()
             if kind_of(n) == "prompt" or any(re.search(p, module_of(n)) for p in wanted)}
-    tmp = run_dir / ".increments.safetensors.tmp"
-    save_file(full, str(tmp))
-    tmp.replace(run_dir / "increments.safetensors")
+    save_tensors(full, run_dir / "increments.safetensors")
     method = config["method"]
     stats = {n: {"kind": kind_of(n), **tensor_stats(d)} for n, d in sorted(deltas.items())}
     atomic_write_json(run_dir / "increments.json", {
@@ -78,7 +75,7 @@ def finish_trial(trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Pro
     stats = save_increments(model, base_state, run_dir, trial.identity(), options.increment_modules)
     if probe is not None:
         probe.save(run_dir / "probe.safetensors")
-        (run_dir / "analysis").mkdir(exist_ok=True)
+        make_dir(run_dir / "analysis")
         if "bound" in options.run:
             atomic_write_json(run_dir / "analysis" / "bound.json", measure_bound(model, base, probe, stats))
         if "sensitivity" in options.run:

@@ -14,8 +14,8 @@ from pefteval.analysis.capture import load_trained
 from pefteval.analysis.results import AnalysisResult, Run, Section, cell, fmt, mean_std, read_json
 from pefteval.analysis.sensitivity import measure_sensitivity
 from pefteval.analysis.weights import CHAIN_TYPES
+from pefteval.files import atomic_write_json
 from pefteval.kinds import probe_loss
-from pefteval.store import atomic_write_json
 
 
 def per_run(run: Run, name: str, options: Any) -> dict[str, Any]:

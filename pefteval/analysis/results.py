@@ -90,7 +90,7 @@ def load_runs(out: Path) -> list[Run]:
     path = out / "results.sqlite"
     if not path.is_file():
         raise UserError(f"no results store at {path}; run `pefteval run CONFIG --out {out}` first")
-    with ResultStore(path) as store:
+    with ResultStore(path, read_only=True) as store:
         records = list(store.records())
     if not records:
         raise UserError(f"{path} holds no complete trials yet")

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pefteval.errors import UserError
+from pefteval.files import atomic_write_json
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, is_decoder_config, load_lm_or_span
 from pefteval.probe import Probe, make_probe
-from pefteval.store import atomic_write_json
 from pefteval.tasks.base import Example
 from pefteval.tasks.fewshot import (
     FewShotSpec,

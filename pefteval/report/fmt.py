@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pefteval.files import atomic_target, make_dir
+
 
 def mean_std_cell(pair: tuple[float, float] | None) -> str:
     """A (mean, std) fraction as "mean (std)" in %; "–" for a missing mean or std."""
@@ -20,9 +22,10 @@ def save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt  # only when a figure is drawn (see its callers)
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        make_dir(path.parent)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
