@@ -161,9 +161,12 @@ def run(
     assert out is not None
     # imported here, not at the top: keeps --help and list free of torch
     from pefteval.files import atomic_write_text, check_writable, make_dir
+    from pefteval.store import ResultStore
     from pefteval.sweep import run_trials
 
     exp, data_path, trials = planned.exp, planned.data_path, planned.trials
+    if (out / "results.sqlite").exists():  # a corrupt store stops the run before anything is written
+        ResultStore(out / "results.sqlite", read_only=True).close()
     make_dir(out)
     check_writable(out)
     atomic_write_text(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))

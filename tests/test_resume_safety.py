@@ -324,10 +324,12 @@ def test_a_corrupt_store_is_named_and_never_overwritten(copy, damage):
         raw = store.read_bytes()
         store.write_bytes(raw[: len(raw) // 2])
     before = sha(store)
+    yaml_before = sha(out / "experiment.yaml")
     for proc in (run_cli("run", cfg, "--out", out, "--data-dir", data), run_cli("report", out),
                  run_cli("run", cfg, "--out", out, "--data-dir", data, "--dry-run")):
-        assert_one_error(proc, f"{store} is not a readable pefteval results store", "it was left as it is")
-        assert sha(store) == before
+        err = assert_one_error(proc, f"{store} is not a readable pefteval results store", "it was left as it is")
+        assert "trial(s) planned" not in err  # refused before the sweep writes anything
+        assert sha(store) == before and sha(out / "experiment.yaml") == yaml_before
     assert len(list((out / "runs").iterdir())) == 2
 
 
