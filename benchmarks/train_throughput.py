@@ -23,6 +23,9 @@ examples x epochs / training seconds. After each training the SST-2 dev set (872
 sentences) is scored with pefteval's ``predict`` for both models (bf16 for pefteval's,
 fp32 for the Trainer's, each as it was trained), to show whether accuracy holds.
 
+On a CUDA machine both sides train on the GPU (``--device``, default auto); the first line names the
+device used.
+
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/train_throughput.py --quick   # ~600 examples, 1 epoch
@@ -47,6 +50,7 @@ from typing import Any
 import torch
 
 from pefteval.config import DataConfig, FFTMethod, LoraMethod, TrainingConfig, _MethodBase
+from pefteval.device import describe_device, resolve_device
 from pefteval.kinds.classification import encode, predict
 from pefteval.methods import apply_method
 from pefteval.metrics import accuracy
@@ -112,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--methods", default="fft,lora", help="comma-separated subset of: fft, lora")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--matched", action="store_true",
                         help="also run the Trainer with bf16 and length-grouped batches (like for like)")
     args = parser.parse_args(argv)
@@ -137,16 +142,16 @@ def load_data(data_dir: str, n_train: int, max_length: int, tokenizer: Any) -> D
     return Data(*encoded, pad_id=tokenizer.pad_token_id)
 
 
-def hyperparameters(lr: float, epochs: int, max_seq_length: int) -> TrainingConfig:
+def hyperparameters(lr: float, epochs: int, max_seq_length: int, device: str) -> TrainingConfig:
     # precision bf16 and group_by_length as pefteval's defaults
     return TrainingConfig(epochs=epochs, lr=lr, batch_size=32, warmup_ratio=0.06, weight_decay=0.0,
-                          max_grad_norm=1.0, max_seq_length=max_seq_length)
+                          max_grad_norm=1.0, max_seq_length=max_seq_length, device=device)
 
 
-def fresh_model(seed: int) -> tuple[Any, bool]:
+def fresh_model(seed: int, device: torch.device) -> tuple[Any, bool]:
     torch.manual_seed(seed)  # the new classification head (and then the adapters) draw from this
     model, _, is_decoder = load_for_classification(MODEL, 2)
-    return model, is_decoder
+    return model.to(device), is_decoder
 
 
 def dev_accuracy(model: Any, data: Data, precision: str) -> float:
@@ -154,7 +159,7 @@ def dev_accuracy(model: Any, data: Data, precision: str) -> float:
 
 
 def run_pefteval(method: _MethodBase, hp: TrainingConfig, data: Data, seed: int) -> Outcome:
-    model, _ = fresh_model(seed)
+    model, _ = fresh_model(seed, resolve_device(hp.device))
     total_steps = steps_per_epoch(len(data.train), hp.batch_size) * hp.epochs
     applied = apply_method(model, method, total_steps)
 
@@ -177,7 +182,8 @@ def run_trainer(method_name: str, hp: TrainingConfig, data: Data, seed: int, tok
                 matched: bool = False) -> Outcome:
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-    model, _ = fresh_model(seed)
+    device = resolve_device(hp.device)
+    model, _ = fresh_model(seed, device)
     if method_name == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
@@ -192,7 +198,7 @@ def run_trainer(method_name: str, hp: TrainingConfig, data: Data, seed: int, tok
             warmup_steps=int(hp.warmup_ratio * total_steps),
             weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, seed=seed,
             report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no",
-            disable_tqdm=True, use_cpu=True,
+            disable_tqdm=True, use_cpu=device.type == "cpu",
             **({"bf16": True, "train_sampling_strategy": "group_by_length"} if matched else {}),
         )
         trainer = Trainer(model=model, args=args, train_dataset=trainer_dataset(data.train),
@@ -236,12 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     tokenizer = load_tokenizer(resolve_model(MODEL))
     data = load_data(args.data_dir, args.train_examples, args.max_seq_length, tokenizer)
+    device = resolve_device(args.device)
     print(f"model {MODEL}, SST-2: {len(data.train)} training examples, {len(data.dev)} dev sentences, "
-          f"seed {args.seed}, {torch.get_num_threads()} CPU threads")
+          f"seed {args.seed}, device {describe_device(device)}")
     ratios = {}
     for name in args.methods:
         method, lr = METHODS[name]
-        hp = hyperparameters(lr, args.epochs, args.max_seq_length)
+        hp = hyperparameters(lr, args.epochs, args.max_seq_length, str(device))
         ours = run_pefteval(method, hp, data, args.seed)
         gc.collect()
         theirs = run_trainer(name, hp, data, args.seed, tokenizer)

@@ -53,12 +53,14 @@ class Planned:
 
 def plan_run(config: Path, data_dir: str | None = None, methods: str | None = None, seeds: str | None = None,
              max_train_examples: int | None = None, max_eval_examples: int | None = None,
-             tasks: str | None = None, model: str | None = None, check_data: bool = True) -> Planned:
+             tasks: str | None = None, model: str | None = None, check_data: bool = True,
+             device: str | None = None) -> Planned:
     """The trials of ``pefteval run CONFIG`` with its command-line options; `run` and `run --dry-run` both
     plan here, so their trials (and keys) are the same. ``check_data`` loads every task's data first
     (missing or malformed data is an error before anything trains); the dry run skips it."""
     # imported here, not at the top: keeps --help and list free of torch
     from pefteval.config import load_config, parse_config
+    from pefteval.device import resolve_device
     from pefteval.models import check_model, model_depth
     from pefteval.plan import drop_clipped_duplicates, plan_trials
     from pefteval.tasks import resolve_data_dir
@@ -71,6 +73,11 @@ def plan_run(config: Path, data_dir: str | None = None, methods: str | None = No
         raw["tasks"] = _csv_list(tasks, "--tasks")
     if seeds:  # validated as the config's seeds are: distinct, in range
         raw["seeds"] = _csv_list(seeds, "--seeds", int)
+    if device:  # on every method: a per-method training.device is overridden too
+        raw.setdefault("training", {})["device"] = device
+        for method in raw.get("methods", []):
+            if isinstance(method.get("training"), dict):
+                method["training"].pop("device", None)
     # command-line limits apply to every task, overriding per-task settings
     for section in [raw.setdefault("data", {}), *raw.get("task_data", {}).values()]:
         if max_train_examples:
@@ -86,6 +93,8 @@ def plan_run(config: Path, data_dir: str | None = None, methods: str | None = No
             typer.echo(f"notice: {notice}", err=True)
     reads = _check_task_data(exp, data_path) if check_data else {}
     trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"))
+    for name in sorted({t.resolved.training.device for t in trials}):
+        resolve_device(name)  # a device that is not here is an error before anything trains
     return Planned(exp, data_path, trials, reads)
 
 
@@ -147,14 +156,27 @@ def run(
     accept_data_change: bool = typer.Option(False, "--accept-data-change", help="retrain here, on the current "
                                             "data, the complete trials whose data files changed since they ran "
                                             "(their results are replaced); without it a change is an error"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when there is one, else CPU), cpu, "
+                                         "cuda, cuda:N or mps; overrides training.device (not part of a trial's "
+                                         "key: trials resume on another device)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads per trial (default: torch's, "
+                                          "all cores unless OMP_NUM_THREADS says otherwise); recorded"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="processes per trial, through accelerate "
+                                      "launch (DDP: one per GPU; gloo on CPU); only the main one writes"),
+    accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="an accelerate config file "
+                                                     "for each trial's launch (e.g. configs/accelerate/ddp.yaml)"),
 ) -> None:
     """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
     if out is None and not dry_run:
         raise UserError("missing option --out DIR: the results directory (only --dry-run runs without it)")
     if out is not None and not dry_run:
         _check_out(out)
+    if accelerate_config is not None:
+        from pefteval.distributed import check_accelerate_config
+
+        check_accelerate_config(accelerate_config)
     planned = plan_run(config, data_dir, methods, seeds, max_train_examples, max_eval_examples, tasks, model,
-                       check_data=not dry_run)
+                       check_data=not dry_run, device=device)
     if dry_run:
         _dry_run(planned, out)
         return
@@ -162,7 +184,7 @@ def run(
     # imported here, not at the top: keeps --help and list free of torch
     from pefteval.files import atomic_write_text, check_writable, make_dir
     from pefteval.store import ResultStore
-    from pefteval.sweep import run_trials
+    from pefteval.sweep import Launch, run_trials
 
     exp, data_path, trials = planned.exp, planned.data_path, planned.trials
     if (out / "results.sqlite").exists():  # a corrupt store stops the run before anything is written
@@ -173,7 +195,8 @@ def run(
     typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
                f"results in {out}", err=True)
     summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
-                         data_reads=planned.data_reads, accept_data_change=accept_data_change)
+                         data_reads=planned.data_reads, accept_data_change=accept_data_change, threads=threads,
+                         launch=Launch(num_processes, accelerate_config))
     if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
         typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
                    "command again to resume", err=True)

@@ -160,9 +160,20 @@ class TrainingConfig(_Strict):
     weight_decay: Float = Field(0.0, ge=0.0)
     max_grad_norm: Float = Field(1.0, gt=0.0)
     max_seq_length: Int = Field(128, ge=8)
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # autocast dtype (fp16 with a gradient scaler); the weights stay in model_dtype
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    model_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype the weights are loaded and trained in "
+                                                 "(a checkpoint's declared dtype is not used)")
     group_by_length: bool = True
     eval_batch_size: Int = Field(128, ge=1)
+    # each batch of batch_size examples in this many micro-batches, gradients summed before the one
+    # optimiser step: the same optimisation as the whole batch, in less memory
+    gradient_accumulation_steps: Int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # where the trial runs: auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N or mps; not
+    # part of the trial's identity (a trial resumes on another device)
+    device: str = "auto"
     # question answering: window overlap for long contexts, longest answer span (extractive),
     # cap on generated tokens (generative)
     doc_stride: Int = Field(128, ge=1)
@@ -173,6 +184,22 @@ class TrainingConfig(_Strict):
     @classmethod
     def _valid_axis(cls, value: Any, info: Any) -> Any:
         return _check_axis(info.field_name, value)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainingConfig:
+        sizes = self.batch_size if isinstance(self.batch_size, list) else [self.batch_size]
+        if any(b < self.gradient_accumulation_steps for b in sizes):
+            raise ValueError(f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) splits each batch "
+                             f"into micro-batches: it cannot exceed batch_size ({min(sizes)})")
+        return self
 
     def grid(self) -> list[dict[str, Any]]:
         """Expand list-valued fields into scalar grid points (lr-major order)."""
@@ -600,6 +627,13 @@ def read_utf8(path: Path) -> str:
                           "cannot decode; save the file as UTF-8") from None
 
 
+# TrainingConfig fields outside a trial's identity (where it runs), and fields added after results
+# stores existed, which the identity holds only when they differ from these defaults
+RUNTIME_TRAINING_FIELDS = ("device",)
+LATER_TRAINING_DEFAULTS: dict[str, Any] = {"model_dtype": "fp32", "gradient_accumulation_steps": 1,
+                                           "gradient_checkpointing": False, "attn_implementation": "sdpa"}
+
+
 class TrialConfig(_Strict):
     """One trial, fully resolved and validated: what planning hands to the trial process and what
     its record keeps. ``identity()`` is the part its key hashes (the analysis options ride along
@@ -616,21 +650,37 @@ class TrialConfig(_Strict):
     save_weights: bool = True
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
+    # Runtime settings ride along outside the identity: they never change what a trial computes
+    # beyond float rounding. Fields added to the identity after stores existed count only when
+    # set, so every trial that does not set them keeps the key it always had.
+    threads: Optional[Int] = Field(None, ge=1, description="CPU threads (None: torch's default, all cores "
+                                   "unless OMP_NUM_THREADS says otherwise)")
+
     def identity(self) -> dict[str, Any]:
         data = self.data.model_dump()
         if data["k_shot"] is None:
             del data["k_shot"]  # absent unless set, so trials without it keep the keys they always had
+        training = self.training.model_dump(exclude=set(RUNTIME_TRAINING_FIELDS))
+        for name, default in LATER_TRAINING_DEFAULTS.items():
+            if training[name] == default:
+                del training[name]
         return {
             "model": self.model,
             "task": self.task,
             "method_label": self.method_label,
             "method": self.method.method_params(),
-            "training": self.training.model_dump(),
+            "training": training,
             "data": data,
             "data_source": self.data_source,
             "seed": self.seed,
             "save_weights": self.save_weights,
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """What the sweep writes as ``trial.json``: the identity, with the runtime settings and the
+        analysis options beside it (``from_json`` reads it back)."""
+        return {**self.identity(), "training": self.training.model_dump(), "threads": self.threads,
+                "analysis": self.analysis.model_dump()}
 
     @classmethod
     def from_json(cls, config: dict[str, Any]) -> TrialConfig:

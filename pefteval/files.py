@@ -77,7 +77,7 @@ def save_tensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, 
     from safetensors.torch import save_file  # torch stays out of the command line's imports
 
     with atomic_target(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def make_dir(path: str | Path) -> Path:

@@ -205,9 +205,14 @@ def load_model_config(source: ModelSource) -> Any:
 HEADS = ("classification", "span", "lm")
 
 
-def load_with_head(source: ModelSource, config: Any, head: str) -> Any:
+def load_with_head(source: ModelSource, config: Any, head: str, dtype: Any = None,
+                   attn_implementation: str | None = None) -> Any:
     """Pretrained weights under a fresh ``classification`` head (sequence classification) or
-    ``span`` head (start/end logits), or the causal ``lm`` as it is. safetensors only, no model code."""
+    ``span`` head (start/end logits), or the causal ``lm`` as it is. safetensors only, no model code.
+
+    ``dtype`` is the dtype the weights load in (default fp32): never the checkpoint's declared one,
+    which transformers would otherwise use (most hub LLMs declare bf16)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -218,14 +223,17 @@ def load_with_head(source: ModelSource, config: Any, head: str) -> Any:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     try:
+        if attn_implementation is not None:
+            extra["attn_implementation"] = attn_implementation
         return cls.from_pretrained(source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
-                                   use_safetensors=None if source.gguf_file else True, **extra)
+                                   use_safetensors=None if source.gguf_file else True,
+                                   dtype=dtype if dtype is not None else torch.float32, **extra)
     finally:
         hf_logging.set_verbosity(verbosity)
 
 
 def load_for_classification(name: str | ModelSource, num_labels: int, label_names: list[str] | None = None,
-                            config: Any = None) -> tuple[Any, Any, bool]:
+                            config: Any = None, **load: Any) -> tuple[Any, Any, bool]:
     """Model with a fresh sequence-classification head, its tokenizer, and whether it is a decoder."""
     source = name if isinstance(name, ModelSource) else resolve_model(name)
     tokenizer = load_tokenizer(source)
@@ -236,10 +244,10 @@ def load_for_classification(name: str | ModelSource, num_labels: int, label_name
         config.label2id = {label: i for i, label in enumerate(label_names)}
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    return load_with_head(source, config, "classification"), tokenizer, is_decoder_config(config)
+    return load_with_head(source, config, "classification", **load), tokenizer, is_decoder_config(config)
 
 
-def load_lm_or_span(name: str | ModelSource, config: Any = None) -> tuple[Any, Any, bool]:
+def load_lm_or_span(name: str | ModelSource, config: Any = None, **load: Any) -> tuple[Any, Any, bool]:
     """A decoder LM as it is (left padding, for batched generation), or an encoder with a fresh
     span head; its tokenizer; whether it is a decoder."""
     source = name if isinstance(name, ModelSource) else resolve_model(name)
@@ -248,7 +256,7 @@ def load_lm_or_span(name: str | ModelSource, config: Any = None) -> tuple[Any, A
     decoder = is_decoder_config(config)
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
-    model = load_with_head(source, config, "lm" if decoder else "span")
+    model = load_with_head(source, config, "lm" if decoder else "span", **load)
     if decoder:
         tokenizer.padding_side = "left"
     return model, tokenizer, decoder

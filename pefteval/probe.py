@@ -27,6 +27,10 @@ class Probe:
     def __len__(self) -> int:
         return int(self.tensors["input_ids"].shape[0])
 
+    def to(self, device: torch.device) -> Probe:
+        """The probe's tensors on ``device`` (where the model is)."""
+        return Probe({k: v.to(device) for k, v in self.tensors.items()}, self.loss, self.label_ids)
+
     def head(self, n: int) -> Probe:
         return Probe({k: v[:n] for k, v in self.tensors.items()}, self.loss, self.label_ids)
 
@@ -36,7 +40,7 @@ class Probe:
 
     def save(self, path: Path) -> None:
         meta = {"loss": self.loss, "label_ids": json.dumps(self.label_ids)}
-        save_tensors({k: v.contiguous() for k, v in self.tensors.items()}, path, metadata=meta)
+        save_tensors(self.tensors, path, metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> Probe:

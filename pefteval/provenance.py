@@ -13,14 +13,19 @@ from typing import Any
 
 from pefteval.tasks.base import file_sha256
 
-# written by the trial process while it runs; not part of what a complete trial promises
-_NOT_LISTED = {"log.txt", "result.json"}
+# written while the trial runs (logs, progress, the record itself): not part of what it promises
+_NOT_LISTED = {"log.txt", "result.json", "events.jsonl", "launch.txt"}
+
+
+def _listed(path: Path) -> bool:
+    name = path.name
+    return not (name in _NOT_LISTED or name.endswith(".tmp") or (name.startswith("log.rank") and name.endswith(".txt")))
 
 
 def files_manifest(run_dir: Path) -> dict[str, int]:
     """Every file a finished trial saved in its run directory (relative posix path -> bytes)."""
     return {p.relative_to(run_dir).as_posix(): p.stat().st_size for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name not in _NOT_LISTED and not p.name.endswith(".tmp")}
+            if p.is_file() and _listed(p)}
 
 
 def missing_files(run_dir: Path, record: dict[str, Any]) -> list[str]:

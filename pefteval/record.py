@@ -24,10 +24,6 @@ def package_versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": version("datasets"), "pefteval": pefteval.__version__}
 
 
-def device_description() -> str:
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux; the trial has this process to itself, so this is the trial's peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -48,6 +44,5 @@ def complete_record(started: float, applied: AppliedMethod, result: TrainResult,
         "wall_seconds": time.time() - started,
         "peak_rss_mb": peak_rss_mb(),
         "versions": package_versions(),
-        "device": device_description(),
         "threads": torch.get_num_threads(),
     }

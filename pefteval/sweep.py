@@ -4,20 +4,25 @@ own process, and records it."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pefteval.distributed import launch_command
 from pefteval.errors import OutputError, UserError
 from pefteval.files import atomic_write_json, make_dir, write_error
 from pefteval.plan import Trial
 from pefteval.provenance import DataCheck, missing_files
 from pefteval.store import ResultStore
 from pefteval.tasks import TASKS, Task
-from pefteval.worker import context, trial_main
+from pefteval.worker import EVENTS, context, trial_main
 
 
 @dataclass
@@ -114,8 +119,22 @@ def _headline(metrics: dict[str, Any], task: Task) -> str:
     return f"{'/'.join(names)} {'/'.join(f'{metrics[c]:.3f}' for c in columns)}"
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How each trial's process starts: forked from the fork server (one process), or under
+    ``accelerate launch`` on ``num_processes`` processes, with an accelerate config file or DDP."""
+
+    num_processes: int = 1
+    accelerate_config: Path | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.num_processes > 1 or self.accelerate_config is not None
+
+
 def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
-            analysis: dict[str, Any] | None = None) -> dict[str, Any]:
+            analysis: dict[str, Any] | None = None, threads: int | None = None,
+            launch: Launch | None = None) -> dict[str, Any]:
     """Run one trial in its own process; returns its record. A trial that could not save everything
     it promises is failed, and its partial files are removed (its trial.json, log.txt and result.json
     stay, to say what happened). A failure to set the trial up (its directory, its trial.json) raises
@@ -124,15 +143,30 @@ def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progre
         if run_dir.exists():
             shutil.rmtree(run_dir)  # leftovers of an interrupted, failed or damaged attempt
         make_dir(run_dir)
-        # the analysis options ride along outside the trial's identity: they never change training
-        options = analysis if analysis is not None else trial.resolved.analysis.model_dump()
-        atomic_write_json(run_dir / "trial.json", {**trial.config, "key": trial.key, "analysis": options})
+        # the analysis options and the runtime settings (device, threads) ride along outside the
+        # trial's identity: they never change what it computes beyond float rounding
+        written = trial.resolved.to_json()
+        if analysis is not None:
+            written["analysis"] = analysis
+        if threads is not None:
+            written["threads"] = threads
+        atomic_write_json(run_dir / "trial.json", {**written, "key": trial.key})
     except OSError as err:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise write_error(run_dir, err) from None
     except OutputError:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if launch is not None and launch.distributed:
+        record = _run_launched(run_dir, data_dir, progress, launch)
+    else:
+        record = _run_forked(run_dir, data_dir, progress)
+    if record["status"] != "complete":
+        remove_partial(run_dir)
+    return record
+
+
+def _run_forked(run_dir: Path, data_dir: Path | None, progress: Progress) -> dict[str, Any]:
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))
@@ -160,9 +194,51 @@ def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progre
         log = run_dir / "log.txt"
         tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
         record = {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
-    if record["status"] != "complete":
-        remove_partial(run_dir)
     return record
+
+
+def _run_launched(run_dir: Path, data_dir: Path | None, progress: Progress, launch: Launch) -> dict[str, Any]:
+    """The trial under ``accelerate launch`` (a process group of its own, killed on Ctrl-C); its
+    main rank's progress events are read from events.jsonl as they come, its record from
+    result.json. What the launcher itself prints goes to launch.txt."""
+    command = launch_command(run_dir, data_dir, launch.num_processes, launch.accelerate_config)
+    with open(run_dir / "launch.txt", "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    events, offset = run_dir / EVENTS, 0
+    try:
+        while True:
+            finished = proc.poll() is not None
+            offset = _replay(events, offset, progress)
+            if finished:
+                break
+            time.sleep(0.1)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    tail = [*_tail(run_dir / "log.txt"), *_tail(run_dir / "launch.txt")]
+    return {"status": "failed", "error": f"accelerate launch exited with code {proc.returncode}: {' | '.join(tail)}"}
+
+
+def _replay(events: Path, offset: int, progress: Progress) -> int:
+    """Show the events written since ``offset`` (whole lines only); returns the new offset."""
+    if not events.is_file():
+        return offset
+    with open(events, encoding="utf-8") as f:
+        f.seek(offset)
+        while True:
+            line = f.readline()
+            if not line.endswith("\n"):
+                return offset
+            offset += len(line.encode("utf-8"))
+            progress.event(json.loads(line))
+
+
+def _tail(path: Path, lines: int = 3) -> list[str]:
+    return path.read_text(errors="replace").strip().splitlines()[-lines:] if path.is_file() else []
 
 
 def remove_partial(run_dir: Path) -> None:
@@ -179,7 +255,8 @@ def remove_partial(run_dir: Path) -> None:
 
 def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experiment: str,
                stream: TextIO | None = None, analysis: dict[str, Any] | None = None,
-               data_reads: dict[str, str] | None = None, accept_data_change: bool = False) -> SweepSummary:
+               data_reads: dict[str, str] | None = None, accept_data_change: bool = False,
+               threads: int | None = None, launch: Launch | None = None) -> SweepSummary:
     """Run every trial the store does not hold as complete, and redo the complete ones whose run
     directory lost files. A complete trial whose data changed since it ran is an error (it would be
     reported as if trained on the current data) unless ``accept_data_change``, which redoes it.
@@ -195,7 +272,7 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
             for i, trial in enumerate(todo, start=1):
                 progress.start(i, trial)
                 run_dir = run_dir_for(out_dir, trial)
-                record = run_one(trial, run_dir, data_dir, progress, analysis)
+                record = run_one(trial, run_dir, data_dir, progress, analysis, threads, launch)
                 record.update(key=trial.key, config=trial.config, experiment=experiment,
                               run_dir=str(run_dir.relative_to(out_dir)))
                 store.put(record)

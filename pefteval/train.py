@@ -13,6 +13,7 @@ reads top to bottom, and hooks AdaLoRA's rank allocation in at the right place.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from pefteval.config import TrainingConfig
+from pefteval.device import Placement, model_device, to_model_device
+from pefteval.distributed import Dist
 from pefteval.errors import TrainingDiverged
 from pefteval.methods import load_trainable_state, trainable_state
 
@@ -54,11 +57,6 @@ def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     return batch
 
 
-def autocast(precision: str, device: str = "cpu"):
-    """bf16 autocast when ``precision`` is bf16 (weights stay fp32), else a no-op context."""
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 @dataclass
 class TrainResult:
     curve: list[dict[str, float]] = field(default_factory=list)
@@ -84,6 +82,37 @@ def batch_order(data: Encoded, batch_size: int, group_by_length: bool, rng: torc
     return [batches[i] for i in shuffle]
 
 
+def micro_batches(train: Encoded, idx: list[int], share: list[int], pad_id: int, parts: int,
+                  with_labels: bool) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """``share`` of the batch ``idx`` (all of it on one process) as up to ``parts`` micro-batches
+    (each padded to its own longest example), each with the weight of its mean loss in the whole
+    batch's mean: its share of the batch's loss items, target tokens for a causal LM's token labels
+    (as the model averages them after its shift), else examples. Summing the weighted micro-batch
+    losses of every process gives the whole batch's loss, so the gradients, clipping and step are
+    those of the whole batch. A process whose share is empty (a last batch smaller than the number
+    of processes) gets one example at weight 0: it still takes part in DDP's gradient exchange."""
+    if not share:
+        return [(_collate(train, idx[:1], pad_id, with_labels), 0.0)]
+    total = sum(_loss_items(train.features[i]) for i in idx)
+    chunks = [c for c in (share[i::parts] for i in range(parts)) if c] if parts > 1 else [share]
+    return [(_collate(train, chunk, pad_id, with_labels), sum(_loss_items(train.features[i]) for i in chunk) / total)
+            for chunk in chunks]
+
+
+def _collate(train: Encoded, chunk: list[int], pad_id: int, with_labels: bool) -> dict[str, torch.Tensor]:
+    batch = collate([train.features[i] for i in chunk], pad_id)
+    if train.labels and with_labels:
+        batch["labels"] = torch.tensor([train.labels[i] for i in chunk], dtype=torch.long)
+    return batch
+
+
+def _loss_items(feature: dict[str, Any]) -> int:
+    labels = feature.get("labels")
+    if isinstance(labels, list):  # token labels: a causal LM predicts each from the one before
+        return sum(1 for label in labels[1:] if label != -100)
+    return 1
+
+
 def steps_per_epoch(n_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(n_examples / batch_size))
 
@@ -99,16 +128,22 @@ def train_model(
     progress: ProgressFn | None = None,
     metric: str = "accuracy",
     loss_fn: Callable[[nn.Module, dict[str, Any]], torch.Tensor] | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds the weights of its best validation epoch.
 
     ``validate(model)`` scores the model on the validation split after every epoch (higher is
     better: the task's selection metric), named by ``metric`` in the curve. ``loss_fn(model,
     batch)`` replaces the model's own loss (e.g. label-word cross-entropy for prompt-based
-    few-shot classification)."""
+    few-shot classification). With ``dist`` (a trial on several processes) each process trains on
+    its share of every batch and DDP averages the gradients: the same steps as one process."""
     torch.manual_seed(seed)
+    dist = dist or Dist()
+    wrapped = dist.prepare(model)  # DDP on several processes; the model itself on one
+    place = Placement(model_device(model), hp.precision, hp.model_dtype)
+    scaler = place.grad_scaler()
     params = [p for p in model.parameters() if p.requires_grad]
-    # the fused kernel is ~5x faster than the default foreach AdamW on CPU
+    # the fused kernel is ~5x faster than the default foreach AdamW on CPU (and the fastest on CUDA)
     optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
     total_steps = per_epoch * hp.epochs
@@ -122,24 +157,35 @@ def train_model(
         started = time.perf_counter()
         loss_sum, loss_n = 0.0, 0
         for idx in batch_order(train, hp.batch_size, hp.group_by_length, order_rng):
-            batch = collate([train.features[i] for i in idx], pad_id)
-            if train.labels and loss_fn is None:
-                batch["labels"] = torch.tensor([train.labels[i] for i in idx], dtype=torch.long)
-            with autocast(hp.precision):
-                loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
-            if not torch.isfinite(loss):
+            # this process's share of the batch (all of it on one process), in micro-batches
+            parts = micro_batches(train, idx, idx[dist.rank::dist.world], pad_id, hp.gradient_accumulation_steps,
+                                  loss_fn is None)
+            loss = torch.zeros((), device=place.device)
+            for k, (micro, weight) in enumerate(parts):
+                micro = to_model_device(micro, model)
+                # DDP averages the processes' gradients at the last micro-batch's backward only
+                with wrapped.no_sync() if dist.world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
+                    with place.autocast():
+                        micro_loss = wrapped(**micro).loss if loss_fn is None else loss_fn(wrapped, micro)
+                    # the batch's loss is the weighted sum of its micro-batches' mean losses (DDP
+                    # divides the summed gradients by the number of processes)
+                    scaler.scale(micro_loss * weight * dist.world).backward()
+                loss += micro_loss.detach().float() * weight
+            loss = dist.sum(loss)
+            if not torch.isfinite(loss):  # the same on every process: they stop together
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate "
-                    f"(now {hp.lr}) or use precision: fp32")
-            loss.backward()
+                    f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning "
+                    f"rate (now {hp.lr}) or use precision: fp32")
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             if on_step is not None:
                 on_step(step)  # AdaLoRA's rank allocation reads the gradients, so before zero_grad
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += float(loss) * len(idx)
             loss_n += len(idx)
             result.examples_seen += len(idx)
             if progress is not None:

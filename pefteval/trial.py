@@ -18,9 +18,11 @@ from torch import nn
 
 from pefteval.analysis.capture import finish_trial
 from pefteval.config import TrialConfig
+from pefteval.device import Placement, peak_memory, reset_peak_memory
+from pefteval.distributed import Dist
 from pefteval.evaluation import Evaluator
 from pefteval.files import save_tensors
-from pefteval.kinds import Predictor, apply_for_kind, prepare
+from pefteval.kinds import Predictor, apply_for_kind, load_placed, prepare
 from pefteval.record import complete_record
 from pefteval.train import ProgressFn, steps_per_epoch, train_model
 
@@ -32,10 +34,16 @@ def seed_everything(seed: int) -> None:
 
 
 def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str = "",
-              progress: ProgressFn | None = None) -> dict[str, Any]:
+              progress: ProgressFn | None = None, dist: Dist | None = None) -> dict[str, Any]:
+    """Run one trial; returns its record. Under ``dist`` (several processes) every process trains and
+    evaluates, and only the main one writes the run's files."""
+    dist = dist or Dist()
     started = time.time()
     hp = trial.training
     emit = progress or (lambda event: None)
+    # Where the trial runs, and in which number formats (an unknown device is a user error here).
+    place = Placement.of(hp)
+    reset_peak_memory(place.device)
     # Seed first: a k-shot sample, a fresh head and an adapter's initialisation all draw from it.
     seed_everything(trial.seed)
     # The kind follows from the task, data.k_shot and the model's config (one place: select_kind).
@@ -44,7 +52,7 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     # The RNG state just before the model is built: the analyses replay it to rebuild the same
     # initial head, so that every increment is measured from where training started.
     rng_state = torch.get_rng_state()
-    model = kind.load_model(source, model_config)
+    model = load_placed(kind, source, model_config)
     train = kind.encode_train(splits.train)
     # AdaLoRA's budget schedule needs the number of optimiser steps, so the method comes after encoding.
     applied = apply_for_kind(model, trial, kind, steps_per_epoch(len(train), hp.batch_size) * hp.epochs)
@@ -52,7 +60,7 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     # Each epoch is scored on validation by the task's scorer; its selection metric picks the epoch.
     result = train_model(applied.model, train, evaluator.validation_scorer(splits.validation), hp, trial.seed,
                          kind.pad_id, on_step=applied.on_step, progress=progress, metric=task.curve_metric,
-                         loss_fn=kind.loss)
+                         loss_fn=kind.loss, dist=dist)
     emit({"event": "evaluate"})
     # The model now holds the chosen epoch's weights: validation keeps that epoch's predictions,
     # every other split is predicted once, and examples shared between splits only once.
@@ -68,18 +76,22 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
         examples = task.late_split(name, splits, Predictor(kind, applied.model, key or run_dir.name), trial.data)
         attack_seconds += time.perf_counter() - attack_started
         evaluator.evaluate(name, examples, adversarial=True)
-    evaluator.save(run_dir / "predictions.json")
-    kind.save(run_dir)
+    if dist.is_main:
+        evaluator.save(run_dir / "predictions.json")
+        kind.save(run_dir)
     kind_fields = kind.record_fields()  # a kind's own notes are complete only after evaluation
     record = complete_record(
         started, applied, result, metrics=evaluator.metrics, selection_metric=task.selection_metric,
         train_examples=len(splits.train) - kind.left_out,
         train_features=len(train), train_source=splits.train_source, eval_seconds=evaluator.seconds,
         eval_examples_per_second=len(splits.test) / max(evaluator.seconds, 1e-9), attack_seconds=attack_seconds,
-        notes=splits.notes + kind.notes + applied.notes, **kind_fields,
+        notes=splits.notes + kind.notes + applied.notes, **kind_fields, **place.describe(), processes=dist.world,
+        **peak_memory(place.device),
         **({"k_shot": trial.data.k_shot} if trial.data.k_shot is not None else {}))
     # Saving and the per-model analyses come after the record, so their time and memory are never
     # counted against the method.
+    if not dist.is_main:
+        return record
     probe = kind.probe(splits.validation, trial.analysis.probe_examples)
     return finish(record, trial, applied.model, run_dir, probe, rng_state, progress)
 

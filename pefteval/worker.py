@@ -101,14 +101,49 @@ def _die_with_parent() -> None:
 
 
 def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
+    """A trial in a process forked from the fork server: events and the record go through ``conn``."""
     _die_with_parent()
-    log = open(Path(run_dir) / "log.txt", "a", buffering=1)
+    _redirect(Path(run_dir) / "log.txt")
+    record = _run(Path(run_dir), Path(data_dir) if data_dir else None, conn.send, distributed=False)
+    conn.send({"event": "result", "record": record})
+    conn.close()
+
+
+def distributed_main(run_dir: Path, data_dir: Path | None) -> None:
+    """One rank of a trial under ``accelerate launch`` (see pefteval.distributed): the main rank logs
+    to log.txt, writes progress events to events.jsonl and the record to result.json; every other
+    rank logs to log.rank<N>.txt and writes nothing else."""
+    rank = int(os.environ.get("RANK", "0"))
+    _redirect(run_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
+    if rank != 0:
+        _run(run_dir, data_dir, None, distributed=True)
+        return
+    with open(run_dir / EVENTS, "a", buffering=1, encoding="utf-8") as events:
+        def emit(event: dict[str, Any]) -> None:
+            events.write(json.dumps(event) + "\n")
+
+        _run(run_dir, data_dir, emit, distributed=True)
+
+
+EVENTS = "events.jsonl"  # a distributed trial's progress events, one JSON object a line
+
+
+def _redirect(log_path: Path) -> None:
+    log = open(log_path, "a", buffering=1)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
 
+
+def _run(run_dir: Path, data_dir: Path | None, emit: Any, distributed: bool) -> dict[str, Any]:
+    """Run the trial of ``run_dir/trial.json``; on the main process write its record to result.json
+    and return it (a failure is a failed record, never an exception)."""
     # imported here, after the output is redirected: everything the libraries print goes to log.txt
+    import torch
+
     from pefteval.config import TrialConfig
+    from pefteval.device import resolve_device
+    from pefteval.distributed import Dist
     from pefteval.errors import OutputError, TrainingDiverged, UserError
     from pefteval.files import atomic_write_json, is_write_failure, write_error
     from pefteval.provenance import data_fingerprint, files_manifest
@@ -119,16 +154,21 @@ def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
     def failed(error: str) -> dict[str, Any]:
         return {"status": "failed", "error": error, "peak_rss_mb": peak_rss_mb()}
 
-    written = json.loads((Path(run_dir) / "trial.json").read_text())
+    written = json.loads((run_dir / "trial.json").read_text())
+    dist = Dist()
     try:
         trial = TrialConfig.from_json(written)
-        data = Path(data_dir) if data_dir else None
+        if trial.threads is not None:
+            torch.set_num_threads(trial.threads)
+        if distributed:
+            dist = Dist.from_env(resolve_device(trial.training.device).type)
         # what a complete trial promises, checked when a later run resumes: the data it read
         # (content hashes) and the files it saved
         with track_data_reads() as reads:
-            record = run_trial(trial, data, Path(run_dir), written.get("key", ""), conn.send)
-        record["data_fingerprint"] = data_fingerprint(reads, data)
-        record["files"] = files_manifest(Path(run_dir))
+            record = run_trial(trial, data_dir, run_dir, written.get("key", ""), emit, dist)
+        if dist.is_main:
+            record["data_fingerprint"] = data_fingerprint(reads, data_dir)
+            record["files"] = files_manifest(run_dir)
     except (TrainingDiverged, UserError) as err:
         record = failed(f"{type(err).__name__}: {err}")
     except Exception as err:  # noqa: BLE001 - recorded as a failed trial, the sweep goes on
@@ -137,13 +177,14 @@ def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
         else:
             _print_traceback()
             record = failed(f"{type(err).__name__}: {err} (traceback in {run_dir}/log.txt)")
+    if not dist.is_main:
+        return record
     try:
-        atomic_write_json(Path(run_dir) / "result.json", record)
+        atomic_write_json(run_dir / "result.json", record)
     except OutputError as err:
         if record["status"] == "complete":  # complete means everything is on disk, its record too
             record = failed(f"OutputError: {err}")
-    conn.send({"event": "result", "record": record})
-    conn.close()
+    return record
 
 
 def _print_traceback() -> None:
@@ -151,3 +192,7 @@ def _print_traceback() -> None:
         traceback.print_exc()
     except OSError:
         pass  # the log itself cannot be written (a full disk): the record still says what failed
+
+
+if __name__ == "__main__":  # one rank of a distributed trial: python -m pefteval.worker RUN_DIR [DATA_DIR]
+    distributed_main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -174,6 +174,24 @@ def test_render_markdown_numbers():
     assert any("seeds [0, 1]" in ln for ln in lines)
 
 
+def test_cuda_trials_add_a_gpu_memory_column():
+    # records as a CUDA trial writes them: the caching allocator's peaks beside the process RSS
+    records = fake_records()
+    for rec in records:
+        if rec["status"] == "complete":
+            rec.update(peak_device_allocated_mb=1200.0 if rec["config"]["seed"] else 1000.0,
+                       peak_device_reserved_mb=2000.0)
+    lines = render_markdown(build_table(records, failed=1)).splitlines()
+    assert lines[0].endswith("| Time (s) | Peak MB | GPU MB |")
+    assert lines[2].endswith("| 30.0 | 500 | 1067/2000 |")  # fft: seeds 0 and 1 on SST-2, seed 0 on RTE
+    assert any("'GPU MB' is the mean peak device memory PyTorch allocated / reserved" in ln for ln in lines)
+    rows = list(csv.reader(io.StringIO(render_csv(build_table(records, failed=1)))))
+    assert rows[0][-3:] == ["mean_peak_rss_mb", "mean_peak_device_allocated_mb", "mean_peak_device_reserved_mb"]
+    assert rows[1][-2:] == ["1067", "2000"]
+    # a CPU-only store keeps its one memory column
+    assert render_markdown(build_table(fake_records(), failed=1)).splitlines()[0].endswith("| Peak MB |")
+
+
 def test_render_csv_numbers():
     table = build_table(fake_records())
     rows = list(csv.DictReader(io.StringIO(render_csv(table))))

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pefteval.analysis.weights import CHAIN_TYPES, kind_of, layer_slot
+from pefteval.device import model_device
 from pefteval.probe import Probe
 
 MAPPING_NOTES = [
@@ -84,6 +85,7 @@ def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe,
     per-tensor statistics training saved (``increments.json``'s modules): the norms the bound needs."""
     trained.eval()
     base.eval()
+    probe = probe.to(model_device(trained))
     norms = chain_norms(base)
     if not norms:
         raise ValueError(f"no transformer-block matrices recognised in {type(base).__name__}")
@@ -131,7 +133,7 @@ def measure_bound(trained: nn.Module, base: nn.Module, probe: Probe,
             coef_x += factor * phi
     x0, h0 = _hidden(base, probe)
     x1, h1 = _hidden(trained, probe)
-    mask = probe.tensors.get("attention_mask", torch.ones(x0.shape[:2], dtype=torch.long)).bool()
+    mask = probe.tensors.get("attention_mask", torch.ones(x0.shape[:2], dtype=torch.long, device=x0.device)).bool()
     width = x0.shape[-1]
     inputs = []
     for i in range(x0.shape[0]):

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pefteval.analysis.weights import canonical, effective_model, kind_of, project, subspaces
+from pefteval.device import model_device
 from pefteval.probe import Probe
 
 PARTS = ("full", "inside", "orthogonal")
@@ -43,7 +44,8 @@ def top_hessian_eigenvalue(loss_fn: Any, params: list[torch.Tensor], iterations:
     """Largest-magnitude Hessian eigenvalue of ``loss_fn()`` w.r.t. ``params`` by power iteration
     with exact Hessian-vector products (double backward through one graph)."""
     gen = torch.Generator().manual_seed(seed)
-    vec = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    # drawn on the CPU generator, then moved: the same directions wherever the model is
+    vec = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
     norm = math.sqrt(sum(float((v * v).sum()) for v in vec))
     vec = [v / norm for v in vec]
     loss = loss_fn()
@@ -101,6 +103,7 @@ def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], dra
     """ΔL per part and ρ for ``draws`` random directions, and the sharpness, of one trained model.
     ``loss_fn(model, probe)`` is the trial's loss on the probe (its kind's: the model's own, or
     label-word cross-entropy)."""
+    probe = probe.to(model_device(trained))
     spaces = subspaces(trained)
     model = effective_model(trained)
     model.eval()
@@ -116,7 +119,7 @@ def measure_sensitivity(trained: nn.Module, probe: Probe, rhos: list[float], dra
         for draw in range(draws):
             if draw % 2 == 0:
                 eps = {k: torch.randn((len(rows[k]), *p.shape[1:]) if k in rows else p.shape, generator=gen,
-                                      dtype=p.dtype) for k, p in named.items()}
+                                      dtype=p.dtype).to(p.device) for k, p in named.items()}
             else:  # antithetic: the previous direction negated, so each pair cancels the gradient term
                 eps = {k: -e for k, e in eps.items()}
             inside = eps if all_full else project(eps, spaces)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pefteval.config import TrialConfig
+from pefteval.device import Placement
 from pefteval.errors import UserError
 from pefteval.kinds.base import Predictor, TaskKind
 from pefteval.kinds.classification import SequenceClassification
@@ -24,7 +25,8 @@ from pefteval.probe import Probe
 from pefteval.tasks import TASKS, get_task
 from pefteval.tasks.base import Task
 
-__all__ = ["KINDS", "Predictor", "TaskKind", "apply_for_kind", "load_base", "probe_loss", "rebuild", "select_kind"]
+__all__ = ["KINDS", "Predictor", "TaskKind", "apply_for_kind", "load_base", "load_placed", "probe_loss", "rebuild",
+           "select_kind"]
 
 KINDS: dict[str, type[TaskKind]] = {k.name: k for k in (SequenceClassification, SpanExtraction, GenerativeAnswer,
                                                          LabelWords)}
@@ -59,15 +61,26 @@ def apply_for_kind(model: nn.Module, trial: TrialConfig, kind: TaskKind, total_s
     return apply_method(model, trial.method, total_steps, kind.head, kind.paper_lora_targets)
 
 
+def load_placed(kind: TaskKind, source: ModelSource, config: Any) -> nn.Module:
+    """The kind's pretrained model on the trial's device (``training.device``), with gradient
+    checkpointing when ``training.gradient_checkpointing`` asks for it. Loaded on the CPU first, so
+    a fresh head draws from the CPU generator wherever the trial runs."""
+    model = kind.load_model(source, config).to(Placement.of(kind.hp).device)
+    if kind.hp.gradient_checkpointing:
+        # non-reentrant: gradients reach adapters on a frozen base without inputs that require them
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def load_base(trial: TrialConfig, rng_state: torch.Tensor | None = None) -> tuple[nn.Module, TaskKind]:
     """The model as the trial loaded it before applying its method. With the trial's ``rng_state``
     (taken just before its load) a fresh head is drawn exactly as the trial drew it."""
     _task, kind, source, config = prepare(trial)
     if rng_state is None:
-        return kind.load_model(source, config), kind
+        return load_placed(kind, source, config), kind
     with torch.random.fork_rng():
         torch.set_rng_state(rng_state)
-        return kind.load_model(source, config), kind
+        return load_placed(kind, source, config), kind
 
 
 def read_trial(run_dir: Path) -> tuple[TrialConfig, str]:

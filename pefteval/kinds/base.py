@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from pefteval.device import MODEL_DTYPES
 from pefteval.models import ModelSource
 from pefteval.probe import Probe
 from pefteval.train import Encoded
@@ -43,7 +44,13 @@ class TaskKind:
     loss: Callable[[nn.Module, dict[str, Any]], Any] | None = None
 
     def load_model(self, source: ModelSource, config: Any) -> nn.Module:
+        """The pretrained model, on the CPU, loaded with ``load_options()``; ``kinds.load_placed``
+        moves it to the trial's device."""
         raise NotImplementedError
+
+    def load_options(self) -> dict[str, Any]:
+        """How the weights load: in ``training.model_dtype``, with ``training.attn_implementation``."""
+        return {"dtype": MODEL_DTYPES[self.hp.model_dtype], "attn_implementation": self.hp.attn_implementation}
 
     def encode_train(self, examples: Sequence[Any]) -> Encoded:
         raise NotImplementedError

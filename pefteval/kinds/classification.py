@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefteval.device import autocast, model_device, to_model_device
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, load_for_classification
 from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import Example
-from pefteval.train import Encoded, autocast, collate
+from pefteval.train import Encoded, collate
 
 
 def encode(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Encoded:
@@ -35,8 +36,8 @@ def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = 128,
     preds = [0] * len(data)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate([data.features[i] for i in idx], pad_id)
-        with autocast(precision):
+        batch = to_model_device(collate([data.features[i] for i in idx], pad_id), model)
+        with autocast(precision, model_device(model).type):
             logits = model(**batch).logits
         for i, p in zip(idx, logits.float().argmax(-1).tolist()):
             preds[i] = p
@@ -49,7 +50,8 @@ class SequenceClassification(TaskKind):
 
     def load_model(self, source: ModelSource, config: Any) -> nn.Module:
         model, self.tokenizer, self.is_decoder = load_for_classification(source, self.task.num_labels,
-                                                                         list(self.task.label_names), config)
+                                                                         list(self.task.label_names), config,
+                                                                         **self.load_options())
         return model
 
     def encode_train(self, examples: Sequence[Example]) -> Encoded:

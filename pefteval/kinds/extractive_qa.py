@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pefteval.device import autocast, model_device, to_model_device
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, load_lm_or_span
 from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import QAExample
-from pefteval.train import Encoded, autocast, collate
+from pefteval.train import Encoded, collate
 
 
 @dataclass
@@ -129,11 +130,11 @@ def predict_extractive(model: nn.Module, examples: Sequence[QAExample], tokenize
     order = sorted(range(len(windows)), key=lambda i: len(windows.features[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = collate([windows.features[i] for i in idx], tokenizer.pad_token_id)
-        with autocast(precision):
+        batch = to_model_device(collate([windows.features[i] for i in idx], tokenizer.pad_token_id), model)
+        with autocast(precision, model_device(model).type):
             out = model(**batch)
-        start_logits = out.start_logits.float().numpy()
-        end_logits = out.end_logits.float().numpy()
+        start_logits = out.start_logits.float().cpu().numpy()
+        end_logits = out.end_logits.float().cpu().numpy()
         for row, i in enumerate(idx):
             n = len(windows.features[i]["input_ids"])
             span = best_span(start_logits[row, :n], end_logits[row, :n], windows.offsets[i], n_best,
@@ -151,7 +152,7 @@ class SpanExtraction(TaskKind):
 
     def load_model(self, source: ModelSource, config: Any) -> nn.Module:
         # select_kind gives this kind encoders only, which load_lm_or_span gives a fresh span head
-        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config)
+        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config, **self.load_options())
         return model
 
     def encode_train(self, examples: Sequence[QAExample]) -> Encoded:

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefteval.device import autocast, model_device
 from pefteval.errors import UserError
 from pefteval.kinds.base import TaskKind
 from pefteval.models import ModelSource, is_decoder_config, load_lm_or_span
 from pefteval.probe import Probe, make_probe
 from pefteval.tasks.base import Prompting
-from pefteval.train import Encoded, autocast
+from pefteval.train import Encoded
 
 MIN_TARGET_TOKENS = 16  # a prompt must leave this much of max_seq_length for the target
 
@@ -75,12 +76,13 @@ def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], b
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = [""] * len(encoded)
     pad = tokenizer.pad_token_id
+    device = model_device(model)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])
-        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
-        with autocast(precision):
+        input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
+        with autocast(precision, device.type):
             generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                        do_sample=False, num_beams=1, pad_token_id=pad,
                                        eos_token_id=tokenizer.eos_token_id, use_cache=True)
@@ -106,7 +108,7 @@ class GenerativeAnswer(TaskKind):
         if not is_decoder_config(config):
             raise UserError(f"task {self.task.name} generates text and needs a decoder language model (e.g. "
                             f"smollm2-135m or a LLaMA hub id); {source.name} is an encoder")
-        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config)
+        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config, **self.load_options())
         return model
 
     def encode_train(self, examples: Sequence[Any]) -> Encoded:

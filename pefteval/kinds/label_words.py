@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pefteval.device import autocast, model_device
 from pefteval.errors import UserError
 from pefteval.files import atomic_write_json
 from pefteval.kinds.base import TaskKind
@@ -46,7 +47,7 @@ from pefteval.tasks.fewshot import (
     group_by_class,
     query_rng,
 )
-from pefteval.train import Encoded, autocast
+from pefteval.train import Encoded
 
 
 @dataclass
@@ -174,10 +175,6 @@ def collate_fewshot(features: Sequence[dict[str, Any]], pad_id: int, padding_sid
     }
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether logits can be computed for chosen positions only (``logits_to_keep``). Not for
     prompt-learning adapters that prepend virtual tokens to the input (prompt tuning,
@@ -207,7 +204,7 @@ def label_word_logits(model: nn.Module, batch: dict[str, torch.Tensor], label_to
     ``pefteval.train.collate`` (right padding) works as well. Under peft prompt tuning the
     virtual tokens are skipped, but peft drops position ids there, so left padding is then
     only approximate: pad on the right for it."""
-    device = _device(model)
+    device = model_device(model)
     input_ids = batch["input_ids"].to(device)
     mask = batch["attention_mask"].to(device)
     first = mask.long().argmax(-1)
@@ -239,7 +236,7 @@ def predict_encoded(model: nn.Module, data: FewShotEncoded, pad_id: int, batch_s
                     precision: str = "fp32", padding_side: str = "right") -> list[int]:
     """Argmax over the label words for every prompt, in input order; batches group similar lengths."""
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
     preds = [0] * len(data)
     for start in range(0, len(order), batch_size):
@@ -280,7 +277,7 @@ class LabelWords(TaskKind):
         if not is_decoder_config(config):
             raise UserError(f"prompt-based few-shot (data.k_shot) scores label words with a decoder language model; "
                             f"{source.name} is an encoder (drop k_shot to fine-tune it with a classification head)")
-        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config)
+        model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config, **self.load_options())
         self.tokenizer.padding_side = "right"
         return model
 

@@ -44,6 +44,8 @@ class MethodRow:
     base: list[int] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
+    # on CUDA: the caching allocator's peaks (allocated, reserved) per trial
+    peak_device_mb: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +59,11 @@ class ComparisonTable:
     scaling: Any = None  # ScalingTable when the experiment varies trainable parameters within a family
     generation: Any = None  # GenTable (Table 1 shape) when the experiment has generation tasks
     data_scaling: Any = None  # DataScalingTable (Table 7 / Figure 2) when the experiment has k-shot trials
+
+    @property
+    def device_memory(self) -> bool:
+        """Whether any trial ran on CUDA (and so has a 'GPU MB' column)."""
+        return any(row.peak_device_mb for row in self.rows)
 
     def averages(self, row: MethodRow) -> tuple[float, float]:
         if not self.tasks or any(t not in row.cells for t in self.tasks):
@@ -233,6 +240,8 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
             row.base.append(r["params"]["base"])
             row.train_seconds.append(r["train_seconds"])
             row.peak_rss_mb.append(r.get("peak_rss_mb", float("nan")))
+            if "peak_device_allocated_mb" in r:
+                row.peak_device_mb.append((r["peak_device_allocated_mb"], r["peak_device_reserved_mb"]))
             seeds_seen.add(r["config"]["seed"])
             notes.update(r.get("notes", []))
     first = records[0] if records else None
@@ -255,7 +264,9 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
                                 "pretrained model.")
         header_notes.append(f"Training: {hp['epochs']} epoch(s), max length {hp['max_seq_length']}, "
                             f"{hp['precision']}; 'Time' is mean training seconds per trial (evaluation excluded); "
-                            "'Peak MB' is the mean peak resident memory of a trial's own process.")
+                            "'Peak MB' is the mean peak resident memory of a trial's own process."
+                            + (" 'GPU MB' is the mean peak device memory PyTorch allocated / reserved, counted from "
+                               "each trial's start." if any("peak_device_allocated_mb" in r for r in records) else ""))
     if sel.hidden:
         header_notes.append(f"{sel.hidden} older trial(s) in the store have another setup (model, data or method "
                             "settings) than the latest trials of the same task and method, and are not shown.")
@@ -271,13 +282,27 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
 
 
 def _row_extra(table: ComparisonTable) -> dict[str, list[str]]:
-    """Trainable, %, Time and Peak MB cells per method."""
-    out = {}
-    for row in table.rows:
-        peak = _mean(row.peak_rss_mb)
-        out[row.method] = [_count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
-                           "–" if math.isnan(peak) else f"{peak:.0f}"]
-    return out
+    """Trainable, %, Time and memory cells per method."""
+    return {row.method: [_count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
+                         *_memory_cells(row, table.device_memory)] for row in table.rows}
+
+
+def _generation_rows(table: ComparisonTable, methods: list[str]) -> tuple[list[str], list[list[str]]]:
+    return gen.generation_rows(table.generation, methods, _row_extra(table), tuple(_memory_headers(table)))
+
+
+def _memory_headers(table: ComparisonTable) -> list[str]:
+    return ["Peak MB", "GPU MB"] if table.device_memory else ["Peak MB"]
+
+
+def _memory_cells(row: MethodRow, device_memory: bool) -> list[str]:
+    """Peak RSS, and on CUDA peak device memory allocated/reserved (a CPU report keeps one column)."""
+    peak = _mean(row.peak_rss_mb)
+    cells = ["–" if math.isnan(peak) else f"{peak:.0f}"]
+    if device_memory:
+        pairs = row.peak_device_mb
+        cells.append(f"{_mean([a for a, _ in pairs]):.0f}/{_mean([b for _, b in pairs]):.0f}" if pairs else "–")
+    return cells
 
 
 def _pct(value: float) -> str:
@@ -312,7 +337,7 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
     header = ["Method"]
     for task in table.tasks:
         header += [f"{_display(task)} orig", f"{_display(task)} adv"]
-    header += ["Avg orig", "Avg adv", "Trainable", "%", "Time (s)", "Peak MB"]
+    header += ["Avg orig", "Avg adv", "Trainable", "%", "Time (s)", *_memory_headers(table)]
     body = []
     for row in table.rows:
         line = [row.method]
@@ -320,9 +345,8 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
             cell = row.cells.get(task)
             line += [mean_std_cell(cell.orig), mean_std_cell(cell.adv)] if cell else ["–", "–"]
         avg_o, avg_a = table.averages(row)
-        peak = _mean(row.peak_rss_mb)
         line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
-                 "–" if math.isnan(peak) else f"{peak:.0f}"]
+                 *_memory_cells(row, table.device_memory)]
         body.append(line)
     return header, body
 
@@ -356,7 +380,7 @@ def qa_rows(table: ComparisonTable, qa: QATable, worst: bool = True) -> tuple[li
     short = _short_names(qa.task)
     adversarial = qa.splits[1:]
     header = ["Method", "Original"] + (["Orig. (src)"] if worst and adversarial else [])
-    header += [short.get(s, s) for s in adversarial] + ["Trainable", "%", "Time (s)", "Peak MB"]
+    header += [short.get(s, s) for s in adversarial] + ["Trainable", "%", "Time (s)", *_memory_headers(table)]
     rows_by_method = {r.method: r for r in table.rows}
     body = []
     for method, cell in qa.rows.items():
@@ -365,9 +389,8 @@ def qa_rows(table: ComparisonTable, qa: QATable, worst: bool = True) -> tuple[li
             line.append(_em_f1(cell.scores.get(adversarial[0]), worst=False, prefix="source_"))
         line += [_em_f1(cell.scores.get(s), worst=worst) for s in qa.splits[1:]]
         row = rows_by_method[method]
-        peak = _mean(row.peak_rss_mb)
         line += [_count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
-                 "–" if math.isnan(peak) else f"{peak:.0f}"]
+                 *_memory_cells(row, table.device_memory)]
         body.append(line)
     return header, body
 
@@ -413,7 +436,7 @@ def render_markdown(table: ComparisonTable) -> str:
     if table.generation is not None:
         methods = [r.method for r in table.rows]
         out += ["### Generation tasks (Table 1 shape)", ""]
-        out += _md_table(*gen.generation_rows(table.generation, methods, _row_extra(table)))
+        out += _md_table(*_generation_rows(table, methods))
         second = gen.secondary_rows(table.generation, methods)
         if second:
             out += ["", "Other metrics (test split):", ""] + _md_table(*second)
@@ -430,11 +453,21 @@ def render_markdown(table: ComparisonTable) -> str:
     return "\n".join(out) + "\n"
 
 
+def _csv_memory(row: MethodRow, device_memory: bool) -> list[str]:
+    cells = [f"{_mean(row.peak_rss_mb):.0f}"]
+    if device_memory:
+        pairs = row.peak_device_mb
+        cells += [f"{_mean([a for a, _ in pairs]):.0f}", f"{_mean([b for _, b in pairs]):.0f}"] if pairs else ["", ""]
+    return cells
+
+
 def render_csv(table: ComparisonTable) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["method", "task", "split", "mean", "std", "seeds", "lr", "warmup_ratio", "batch_size",
-                     "trainable_params", "trainable_pct", "mean_train_seconds", "mean_peak_rss_mb"])
+                     "trainable_params", "trainable_pct", "mean_train_seconds", "mean_peak_rss_mb"]
+                    + (["mean_peak_device_allocated_mb", "mean_peak_device_reserved_mb"]
+                       if table.device_memory else []))
     for row in table.rows:
         for task in table.tasks:
             cell = row.cells.get(task)
@@ -444,7 +477,7 @@ def render_csv(table: ComparisonTable) -> str:
                 writer.writerow([row.method, task, split, f"{mean:.6f}", "" if math.isnan(std) else f"{std:.6f}",
                                  cell.seeds, cell.hp["lr"], cell.hp["warmup_ratio"], cell.hp["batch_size"],
                                  _count(row.trainable).replace(",", ""), _share(row),
-                                 f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+                                 f"{_mean(row.train_seconds):.2f}", *_csv_memory(row, table.device_memory)])
     rows_by_method = {r.method: r for r in table.rows}
     for qa in table.qa:
         for method, cell in qa.rows.items():
@@ -457,7 +490,7 @@ def render_csv(table: ComparisonTable) -> str:
                                      "" if math.isnan(std) else f"{std:.6f}", cell.seeds, cell.hp["lr"],
                                      cell.hp["warmup_ratio"], cell.hp["batch_size"],
                                      _count(row.trainable).replace(",", ""), _share(row),
-                                     f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+                                     f"{_mean(row.train_seconds):.2f}", *_csv_memory(row, table.device_memory)])
     if table.generation is not None:
         for method, per_task in table.generation.scores.items():
             row = rows_by_method[method]
@@ -466,7 +499,7 @@ def render_csv(table: ComparisonTable) -> str:
                     writer.writerow([method, task, f"test:{metric}", f"{mean:.6f}",
                                      "" if math.isnan(std) else f"{std:.6f}", table.generation.seeds[method], "", "",
                                      "", _count(row.trainable).replace(",", ""), _share(row),
-                                     f"{_mean(row.train_seconds):.2f}", f"{_mean(row.peak_rss_mb):.0f}"])
+                                     f"{_mean(row.train_seconds):.2f}", *_csv_memory(row, table.device_memory)])
     if table.data_scaling is not None:
         ds = table.data_scaling
         for (method, task, k), (mean, std) in ds.scores.items():
@@ -504,7 +537,7 @@ def render_latex(table: ComparisonTable) -> str:
                             "adversarial sets scored by the worst case per source question.")
     if table.generation is not None:
         methods = [r.method for r in table.rows]
-        out += _latex_table(*gen.generation_rows(table.generation, methods, _row_extra(table)),
+        out += _latex_table(*_generation_rows(table, methods),
                             r"Generation tasks (\%), mean (std) over seeds.")
     if table.scaling is not None:
         out += _latex_table(*scaling_rows(table.scaling), r"Score (\%) against trainable parameters.")

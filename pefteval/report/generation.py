@@ -55,10 +55,10 @@ def build_generation(sel: Any, tasks: list[str]) -> GenTable | None:
     return table
 
 
-def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[str]]) -> tuple[list[str],
-                                                                                               list[list[str]]]:
+def generation_rows(table: GenTable, methods: list[str], extra: dict[str, list[str]],
+                    memory_headers: tuple[str, ...] = ("Peak MB",)) -> tuple[list[str], list[list[str]]]:
     """Main table: method, one column per task, average, then the ``extra`` columns per method."""
-    header = ["Method", *table.tasks, "Average", "Trainable", "%", "Time (s)", "Peak MB"]
+    header = ["Method", *table.tasks, "Average", "Trainable", "%", "Time (s)", *memory_headers]
     body = []
     for method in methods:
         if method not in table.scores:
