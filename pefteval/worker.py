@@ -155,7 +155,8 @@ def _run(run_dir: Path, data_dir: Path | None, emit: Any, distributed: bool) -> 
         return {"status": "failed", "error": error, "peak_rss_mb": peak_rss_mb()}
 
     written = json.loads((run_dir / "trial.json").read_text())
-    dist = Dist()
+    # this rank, even if setting up the process group fails: only rank 0 may write the record
+    dist = Dist(rank=int(os.environ.get("RANK", "0"))) if distributed else Dist()
     try:
         trial = TrialConfig.from_json(written)
         if trial.threads is not None:
