@@ -10,7 +10,10 @@ Only the main process writes records, run files and progress (``Dist.is_main``).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import runpy
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -92,6 +95,17 @@ def check_accelerate_config(path: Path) -> dict[str, Any]:
     return settings
 
 
+def die_with_parent() -> None:
+    """This process is killed when its parent goes (even by SIGKILL): a trial forked from the fork
+    server (which goes when the sweep does), a rank of a distributed trial (when its launcher
+    goes), the launcher (when the sweep goes). No orphan goes on writing into a results directory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: an orphan finishes its trial and exits
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface nobody listens on now (for the rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -104,7 +118,8 @@ def launch_command(run_dir: Path, data_dir: Path | None, num_processes: int,
     """``accelerate launch`` of one trial's worker on ``num_processes`` processes of this machine.
     A config file sets the distributed type (FSDP, DeepSpeed) and, for several machines, the
     machine rank and the main process's address; ``--num_processes`` is this run's."""
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    # accelerate's launcher, started through this module so that it dies with the sweep
+    command = [sys.executable, "-m", "pefteval.distributed"]
     if accelerate_config is not None:
         command += ["--config_file", str(accelerate_config)]
         settings = check_accelerate_config(accelerate_config)
@@ -118,3 +133,9 @@ def launch_command(run_dir: Path, data_dir: Path | None, num_processes: int,
     if data_dir is not None:
         command.append(str(data_dir))
     return command
+
+
+if __name__ == "__main__":  # accelerate launch, tied to the sweep that started it: see launch_command
+    die_with_parent()
+    sys.argv[0] = "accelerate launch"
+    runpy.run_module("accelerate.commands.launch", run_name="__main__", alter_sys=True)

@@ -14,7 +14,6 @@ sweeps that were killed before they could clean up.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -27,6 +26,8 @@ import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
+
+from pefteval.distributed import die_with_parent
 
 # imported once by the fork server, inherited by every trial process
 PRELOAD = ["torch", "transformers", "transformers.modeling_utils", "peft", "pefteval.trial", "pefteval.train",
@@ -90,19 +91,9 @@ def _private_temp_dir() -> None:
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(str(mine), True), exitpriority=-101)
 
 
-def _die_with_parent() -> None:
-    """A trial is killed when its fork server goes, which goes when the sweep does (even by SIGKILL):
-    no orphaned trial goes on writing into a results directory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: an orphan finishes its trial and exits
-
-
 def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
     """A trial in a process forked from the fork server: events and the record go through ``conn``."""
-    _die_with_parent()
+    die_with_parent()
     _redirect(Path(run_dir) / "log.txt")
     record = _run(Path(run_dir), Path(data_dir) if data_dir else None, conn.send, distributed=False)
     conn.send({"event": "result", "record": record})
@@ -113,6 +104,7 @@ def distributed_main(run_dir: Path, data_dir: Path | None) -> None:
     """One rank of a trial under ``accelerate launch`` (see pefteval.distributed): the main rank logs
     to log.txt, writes progress events to events.jsonl and the record to result.json; every other
     rank logs to log.rank<N>.txt and writes nothing else."""
+    die_with_parent()  # the launcher: a rank never outlives it
     rank = int(os.environ.get("RANK", "0"))
     _redirect(run_dir / ("log.txt" if rank == 0 else f"log.rank{rank}.txt"))
     if rank != 0:
