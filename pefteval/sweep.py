@@ -191,8 +191,7 @@ def _run_forked(run_dir: Path, data_dir: Path | None, progress: Progress) -> dic
     finally:
         receiver.close()
     if record is None:  # the process died before it could say (killed, out of memory, a crash in C)
-        log = run_dir / "log.txt"
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+        tail = _tail(run_dir / "log.txt")
         record = {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
     return record
 

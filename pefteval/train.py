@@ -93,6 +93,8 @@ def micro_batches(train: Encoded, idx: list[int], share: list[int], pad_id: int,
     of processes) gets one example at weight 0: it still takes part in DDP's gradient exchange."""
     if not share:
         return [(_collate(train, idx[:1], pad_id, with_labels), 0.0)]
+    if parts == 1 and len(share) == len(idx):  # the whole batch at once: nothing to weigh
+        return [(_collate(train, share, pad_id, with_labels), 1.0)]
     total = sum(_loss_items(train.features[i]) for i in idx)
     chunks = [c for c in (share[i::parts] for i in range(parts)) if c] if parts > 1 else [share]
     return [(_collate(train, chunk, pad_id, with_labels), sum(_loss_items(train.features[i]) for i in chunk) / total)

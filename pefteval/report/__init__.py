@@ -300,9 +300,15 @@ def _memory_cells(row: MethodRow, device_memory: bool) -> list[str]:
     peak = _mean(row.peak_rss_mb)
     cells = ["–" if math.isnan(peak) else f"{peak:.0f}"]
     if device_memory:
-        pairs = row.peak_device_mb
-        cells.append(f"{_mean([a for a, _ in pairs]):.0f}/{_mean([b for _, b in pairs]):.0f}" if pairs else "–")
+        means = _device_means(row)
+        cells.append(f"{means[0]:.0f}/{means[1]:.0f}" if means else "–")
     return cells
+
+
+def _device_means(row: MethodRow) -> tuple[float, float] | None:
+    """Mean peak device memory (allocated, reserved) of a method's trials; None without CUDA trials."""
+    pairs = row.peak_device_mb
+    return (_mean([a for a, _ in pairs]), _mean([b for _, b in pairs])) if pairs else None
 
 
 def _pct(value: float) -> str:
@@ -456,8 +462,8 @@ def render_markdown(table: ComparisonTable) -> str:
 def _csv_memory(row: MethodRow, device_memory: bool) -> list[str]:
     cells = [f"{_mean(row.peak_rss_mb):.0f}"]
     if device_memory:
-        pairs = row.peak_device_mb
-        cells += [f"{_mean([a for a, _ in pairs]):.0f}", f"{_mean([b for _, b in pairs]):.0f}"] if pairs else ["", ""]
+        means = _device_means(row)
+        cells += [f"{means[0]:.0f}", f"{means[1]:.0f}"] if means else ["", ""]
     return cells
 
 
