@@ -171,12 +171,17 @@ def run(
         raise UserError("missing option --out DIR: the results directory (only --dry-run runs without it)")
     if out is not None and not dry_run:
         _check_out(out)
+    settings = None
     if accelerate_config is not None:
         from pefteval.distributed import check_accelerate_config
 
-        check_accelerate_config(accelerate_config)
+        settings = check_accelerate_config(accelerate_config)
     planned = plan_run(config, data_dir, methods, seeds, max_train_examples, max_eval_examples, tasks, model,
                        check_data=not dry_run, device=device)
+    if settings is not None and accelerate_config is not None:
+        from pefteval.distributed import check_trials_for
+
+        check_trials_for(settings, accelerate_config, [t.resolved for t in planned.trials])
     if dry_run:
         _dry_run(planned, out)
         return

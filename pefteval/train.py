@@ -13,7 +13,6 @@ reads top to bottom, and hooks AdaLoRA's rank allocation in at the right place.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from pefteval.config import TrainingConfig
 from pefteval.device import Placement, model_device, to_model_device
 from pefteval.distributed import Dist
 from pefteval.errors import TrainingDiverged
-from pefteval.methods import load_trainable_state, trainable_state
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -141,12 +139,14 @@ def train_model(
     its share of every batch and DDP averages the gradients: the same steps as one process."""
     torch.manual_seed(seed)
     dist = dist or Dist()
-    wrapped = dist.prepare(model)  # DDP on several processes; the model itself on one
     place = Placement(model_device(model), hp.precision, hp.model_dtype)
     scaler = place.grad_scaler()
-    params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel is ~5x faster than the default foreach AdamW on CPU (and the fastest on CUDA)
-    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr,
+                                  weight_decay=hp.weight_decay, fused=True)
+    # DDP, DeepSpeed's engine or FSDP2 on several processes; the model and optimizer themselves on one
+    wrapped, stepper = dist.prepare(model, optimizer, hp)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with their shards
     per_epoch = steps_per_epoch(len(train), hp.batch_size)
     total_steps = per_epoch * hp.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total_steps), total_steps)
@@ -165,27 +165,25 @@ def train_model(
             loss = torch.zeros((), device=place.device)
             for k, (micro, weight) in enumerate(parts):
                 micro = to_model_device(micro, model)
+                last = k == len(parts) - 1
                 # DDP averages the processes' gradients at the last micro-batch's backward only
-                with wrapped.no_sync() if dist.world > 1 and k < len(parts) - 1 else contextlib.nullcontext():
+                with dist.no_sync(wrapped, last):
                     with place.autocast():
                         micro_loss = wrapped(**micro).loss if loss_fn is None else loss_fn(wrapped, micro)
-                    # the batch's loss is the weighted sum of its micro-batches' mean losses (DDP
-                    # divides the summed gradients by the number of processes)
-                    scaler.scale(micro_loss * weight * dist.world).backward()
+                    # the batch's loss is the weighted sum of its micro-batches' mean losses (the
+                    # processes' summed gradients are divided by their number)
+                    dist.backward(micro_loss * weight * dist.world, last, scaler)
                 loss += micro_loss.detach().float() * weight
             loss = dist.sum(loss)
             if not torch.isfinite(loss):  # the same on every process: they stop together
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning "
                     f"rate (now {hp.lr}) or use precision: fp32")
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            dist.step(stepper, params, hp.max_grad_norm, scaler)
             step += 1
             if on_step is not None:
                 on_step(step)  # AdaLoRA's rank allocation reads the gradients, so before zero_grad
-            optimizer.zero_grad(set_to_none=True)
+            dist.zero_grad(stepper)
             scheduler.step()
             loss_sum += float(loss) * len(idx)
             loss_n += len(idx)
@@ -201,8 +199,9 @@ def train_model(
                       "validation": val_acc, "metric": metric})
         if val_acc > result.best_validation:
             result.best_validation, result.best_epoch = val_acc, epoch
-            best_state = trainable_state(model) if epoch < hp.epochs else None
+            # this process's part of the weights (its shard when they are partitioned)
+            best_state = dist.local_state(model) if epoch < hp.epochs else None
     if best_state is not None and result.best_epoch != hp.epochs:
-        load_trainable_state(model, best_state)
+        dist.load_local_state(model, best_state)
     model.eval()
     return result

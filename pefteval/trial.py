@@ -22,7 +22,8 @@ from pefteval.device import Placement, peak_memory, reset_peak_memory
 from pefteval.distributed import Dist
 from pefteval.evaluation import Evaluator
 from pefteval.files import save_tensors
-from pefteval.kinds import Predictor, apply_for_kind, load_placed, prepare
+from pefteval.kinds import Predictor, apply_for_kind, load_base, load_placed, prepare
+from pefteval.methods import load_trainable_state
 from pefteval.record import complete_record
 from pefteval.train import ProgressFn, steps_per_epoch, train_model
 
@@ -52,7 +53,8 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     # The RNG state just before the model is built: the analyses replay it to rebuild the same
     # initial head, so that every increment is measured from where training started.
     rng_state = torch.get_rng_state()
-    model = load_placed(kind, source, model_config)
+    with dist.loading_whole():
+        model = load_placed(kind, source, model_config)
     train = kind.encode_train(splits.train)
     # AdaLoRA's budget schedule needs the number of optimiser steps, so the method comes after encoding.
     applied = apply_for_kind(model, trial, kind, steps_per_epoch(len(train), hp.batch_size) * hp.epochs)
@@ -86,14 +88,37 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
         train_features=len(train), train_source=splits.train_source, eval_seconds=evaluator.seconds,
         eval_examples_per_second=len(splits.test) / max(evaluator.seconds, 1e-9), attack_seconds=attack_seconds,
         notes=splits.notes + kind.notes + applied.notes, **kind_fields, **place.describe(), processes=dist.world,
+        parallelism=dist.parallelism,
         **peak_memory(place.device),
         **({"k_shot": trial.data.k_shot} if trial.data.k_shot is not None else {}))
     # Saving and the per-model analyses come after the record, so their time and memory are never
     # counted against the method.
+    if dist.world > 1:  # the libraries that ran the processes
+        record["versions"].update(dist.versions())
+    model = applied.model
+    if dist.partitioned:
+        # each process holds a shard: every one takes part in gathering the trained tensors, and the
+        # main one saves them and runs the analyses on an unsharded copy of the trained model
+        trained = dist.full_trainable_state(model)
     if not dist.is_main:
         return record
     probe = kind.probe(splits.validation, trial.analysis.probe_examples)
-    return finish(record, trial, applied.model, run_dir, probe, rng_state, progress)
+    if not dist.partitioned:
+        return finish(record, trial, model, run_dir, probe, rng_state, progress)
+    with dist.loading_whole(always=True):  # the main process alone: no model may load partitioned
+        if trial.save_weights or trial.analysis.capture:
+            model = unsharded_copy(trial, rng_state, trained)
+        return finish(record, trial, model, run_dir, probe, rng_state, progress)
+
+
+def unsharded_copy(trial: TrialConfig, rng_state: torch.Tensor, trained: dict[str, torch.Tensor]) -> nn.Module:
+    """The trained model, whole, in this process: the base loaded as the trial loaded it, its method
+    applied and the gathered trainable tensors put in (what the analyses and saving read)."""
+    base, kind = load_base(trial, rng_state)
+    applied = apply_for_kind(base, trial, kind, 1)
+    load_trainable_state(applied.model, trained)
+    applied.model.eval()
+    return applied.model
 
 
 def finish(record: dict[str, Any], trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Any,

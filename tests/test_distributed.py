@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from .conftest import run_cli, write_sst2_layout
+from .conftest import DATA_DIR, run_cli, write_sst2_layout
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,8 @@ def _records(out: Path) -> list[dict]:
         conn.close()
 
 
-def _run(tmp_path: Path, name: str, model: Path, method: dict, *extra: str) -> tuple[dict, Path]:
+def _run(tmp_path: Path, name: str, model: Path, method: dict, *extra: str, capture: bool = False,
+         accumulate: int = 1) -> tuple[dict, Path]:
     data = tmp_path / "data"
     if not data.exists():
         write_sst2_layout(data, n_train=72, n_dev=24, n_adv=8)
@@ -47,8 +48,9 @@ def _run(tmp_path: Path, name: str, model: Path, method: dict, *extra: str) -> t
     cfg.write_text(yaml.safe_dump({
         "name": "ddp", "model": str(model), "tasks": ["sst2"], "seeds": [0], "methods": [method],
         # 65 training examples after validation: the last batch of 16 has one, so one process gets none
-        "training": {"epochs": 2, "batch_size": 16, "max_seq_length": 32, "lr": 2e-3, "precision": "fp32"},
-        "analyses": {"capture": False}}))
+        "training": {"epochs": 2, "batch_size": 16, "max_seq_length": 32, "lr": 2e-3, "precision": "fp32",
+                     "gradient_accumulation_steps": accumulate},
+        "analyses": {"capture": capture}}))
     out = tmp_path / name
     proc = run_cli("run", cfg, "--out", out, "--data-dir", data, "--threads", "1", *extra)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -96,13 +98,43 @@ def test_an_accelerate_config_that_is_not_there(tmp_path, no_dropout_bert):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
-def test_sharded_accelerate_configs_are_refused_before_anything(tmp_path, kind):
+BAD_LAUNCHES = {
+    "unknown type": ("distributed_type: MEGATRON_LM\n", [], "distributed_type MEGATRON_LM is not supported"),
+    "FSDP1": ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 1}\n", [], "pefteval runs FSDP2 only"),
+    "FSDP on CPU": ("distributed_type: FSDP\nfsdp_config: {fsdp_version: 2}\n", ["--device", "cpu"],
+                    "FSDP runs on CUDA devices only"),
+    "AdaLoRA under ZeRO": ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2}\n",
+                           ["--methods", "adalora"], "AdaLoRA's rank allocation reads every adapter weight's gradient"),
+    "fp16 under ZeRO": ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 3}\n",
+                        ["--set-fp16", "--methods", "lora"], "precision fp16 needs pefteval's gradient scaler"),
+    "ZeRO accumulation": ("distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 2, "
+                          "gradient_accumulation_steps: 4}\n", [], "sets gradient_accumulation_steps: 4"),
+    "ZeRO JSON clipping": ("distributed_type: DEEPSPEED\ndeepspeed_config: {deepspeed_config_file: ds.json}\n",
+                           [], "sets gradient_clipping: 0.5"),
+    "ZeRO JSON missing": ("distributed_type: DEEPSPEED\ndeepspeed_config: {deepspeed_config_file: nope.json}\n",
+                          [], "deepspeed_config_file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LAUNCHES))
+def test_launches_that_cannot_train_as_one_process_are_refused_before_anything(tmp_path, case):
+    if "ZeRO" in case:
+        pytest.importorskip("deepspeed")
+    text, extra, message = BAD_LAUNCHES[case]
     config = tmp_path / "acc.yaml"
-    config.write_text(f"distributed_type: {kind}\nnum_processes: 2\n")
-    proc = run_cli("run", "configs/quickstart.yaml", "--out", tmp_path / "o", "--accelerate-config", config)
-    assert proc.returncode == 2
-    assert f"distributed_type {kind} is not supported yet" in proc.stderr and "Traceback" not in proc.stderr
+    config.write_text(text + "num_processes: 2\n")
+    (tmp_path / "ds.json").write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 2}}))
+    experiment = Path("configs/quickstart.yaml")
+    if "--set-fp16" in extra:
+        extra = extra[1:]
+        experiment = tmp_path / "fp16.yaml"
+        settings = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
+        settings["training"] = {**settings.get("training", {}), "precision": "fp16"}
+        experiment.write_text(yaml.safe_dump(settings))
+    proc = run_cli("run", experiment, "--out", tmp_path / "o", "--accelerate-config", config,
+                   "--data-dir", DATA_DIR, *extra)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -122,3 +154,39 @@ def test_a_failing_distributed_trial_is_a_failed_record(tmp_path, no_dropout_ber
     run_dir = next((tmp_path / "out" / "runs").iterdir())
     assert not list(run_dir.glob("*.safetensors"))
     assert torch.cuda.is_available() is False  # this machine: gloo on CPU
+
+
+@pytest.mark.parametrize("stage,case", [("zero2", "fft-bert"), ("zero3", "fft-bert"), ("zero3", "lora-llama")])
+def test_deepspeed_on_two_processes_matches_one(tmp_path, no_dropout_bert, tiny_llama_dir, stage, case):
+    """DeepSpeed ZeRO-2 (optimizer state and gradients partitioned) and ZeRO-3 (the weights too) on
+    two CPU processes over gloo: the same steps as one process, and one record whose saved weights
+    are whole (gathered from the shards). LoRA on the decoder also accumulates gradients over two
+    micro-batches and captures the analyses' files (from an unsharded copy on the main process)."""
+    pytest.importorskip("deepspeed")
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{stage}.yaml"
+    model, method = {"fft-bert": (no_dropout_bert, {"type": "fft"}),
+                     "lora-llama": (tiny_llama_dir, {"type": "lora", "r": 4, "dropout": 0.0})}[case]
+    options = {"capture": True, "accumulate": 2} if case == "lora-llama" else {}
+    if case == "lora-llama":  # and built partitioned as it loads (deepspeed.zero.Init), as a 70B model must be
+        flagged = tmp_path / "zero3_init.yaml"
+        flagged.write_text(config.read_text().replace("zero3_init_flag: false", "zero3_init_flag: true"))
+        config = flagged
+    one, one_dir = _run(tmp_path, "one", model, method, **options)
+    two, two_dir = _run(tmp_path, stage, model, method, "--num-processes", "2", "--accelerate-config", config,
+                        **options)
+    assert (one["parallelism"], two["processes"], two["parallelism"]) == ("none", 2, f"deepspeed-{stage}")
+    for a, b in zip(one["curve"], two["curve"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
+    assert two["metrics"] == one["metrics"]
+    weights_one = load_file(one_dir / "trainable.safetensors")
+    weights_two = load_file(two_dir / "trainable.safetensors")
+    assert {k: v.shape for k, v in weights_two.items()} == {k: v.shape for k, v in weights_one.items()}
+    worst = max(float((weights_one[k] - weights_two[k]).abs().max()) for k in weights_one)
+    assert worst < 1e-4, worst
+    assert set(two["files"]) == set(one["files"])
+    if options:
+        increments_one = json.loads((one_dir / "increments.json").read_text())["modules"]
+        increments_two = json.loads((two_dir / "increments.json").read_text())["modules"]
+        assert set(increments_two) == set(increments_one)
+        for name, stats in increments_one.items():
+            assert increments_two[name]["std"] == pytest.approx(stats["std"], rel=1e-3, abs=1e-6)

@@ -12,7 +12,7 @@ from torch import nn
 
 from pefteval.config import BitFitMethod, FFTMethod, _MethodBase
 from pefteval.methods.bitfit import apply_bitfit
-from pefteval.methods.common import HEAD_MODULE_NAMES, count_parameters, head_parameter_names
+from pefteval.methods.common import HEAD_MODULE_NAMES, count_parameters, head_parameter_names, numel
 from pefteval.methods.full import apply_full
 from pefteval.methods.peft_methods import apply_peft
 
@@ -42,7 +42,7 @@ def apply_method(model: nn.Module, method: _MethodBase, total_steps: int, head: 
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     base_params = count_parameters(model)
     head_names = head_parameter_names(model, required=head != "lm")
-    head_params = sum(p.numel() for n, p in model.named_parameters() if n in head_names)
+    head_params = sum(numel(p) for n, p in model.named_parameters() if n in head_names)
     on_step = None
     notes: list[str] = []
     if isinstance(method, FFTMethod):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 # new task heads: AutoModelForSequenceClassification (BERT/RoBERTa: classifier, decoders: score) and
@@ -8,7 +9,12 @@ HEAD_MODULE_NAMES = ("classifier", "score", "qa_outputs")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(numel(p) for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def numel(param: torch.Tensor) -> int:
+    """A parameter's size, also when DeepSpeed ZeRO-3 built it partitioned (its data then empty)."""
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 def head_parameter_names(model: nn.Module, required: bool = True) -> set[str]:
