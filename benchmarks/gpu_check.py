@@ -12,8 +12,10 @@
    outside the embeddings, L layers, d the hidden size and S the sequence length.
 2. Agreement. A tiny LLaMA trains the same 8 steps on the CPU and on CUDA in fp32 with
    ``train_model``; the losses must agree within 1e-3 (relative).
-3. With two or more GPUs (and in ``--cpu-smoke``, on gloo), the tiny LLaMA trained by two DDP
-   processes through ``accelerate launch`` against one process with the same global batch.
+3. With two or more GPUs (and in ``--cpu-smoke``, on gloo), the tiny LLaMA trained by two
+   processes through ``accelerate launch`` against one process with the same global batch: DDP,
+   DeepSpeed ZeRO-3 (``configs/accelerate/zero3.yaml``, when deepspeed is installed) and FSDP2
+   (``configs/accelerate/fsdp.yaml``, CUDA only).
 
 Peaks used for MFU (dense bf16, without sparsity): H100/H200 SXM 989 TFLOP/s, H100 PCIe 756,
 A100 312, L40S 362, A10G 125, RTX 4090 165; another device prints MFU as "?" unless
@@ -192,17 +194,19 @@ def agreement(device: torch.device) -> float:
     return worst
 
 
-def ddp_curve(world: int) -> list[float]:
+def ddp_curve(world: int, config: Path | None = None) -> list[float]:
     """The tiny LLaMA's losses trained on ``world`` processes (``accelerate launch`` of this script's
-    ``--ddp-worker``; one process: here) with the same global batch."""
+    ``--ddp-worker``, DDP or an accelerate config file's sharding; one process: here) with the same
+    global batch."""
     if world == 1:
         return tiny_curve(None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "curve.json"
         from pefteval.distributed import free_port
 
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-                   "--num_processes", str(world), "--mixed_precision", "no", "--dynamo_backend", "no",
+        how = ["--config_file", str(config)] if config else ["--multi_gpu", "--num_machines", "1",
+                                                              "--mixed_precision", "no", "--dynamo_backend", "no"]
+        command = [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(world),
                    "--main_process_port", str(free_port()), str(Path(__file__).resolve()), "--ddp-worker", str(out)]
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -228,11 +232,27 @@ def ddp_worker(out: Path) -> None:
         out.write_text(json.dumps(curve))
 
 
-def ddp_check() -> str:
-    one, two = ddp_curve(1), ddp_curve(2)
+def ddp_check(config: Path | None = None, one: list[float] | None = None) -> str:
+    """Two processes (DDP, or the sharding of an accelerate config in configs/accelerate/) against one."""
+    one = one if one is not None else ddp_curve(1)
+    two = ddp_curve(2, config)
     worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
     return (f"tiny LLaMA losses, 1 process {[round(x, 5) for x in one]}, 2 processes {[round(x, 5) for x in two]}: "
             f"worst relative difference {worst:.2e} ({'ok' if worst < 1e-4 else 'OVER 1e-4'})")
+
+
+def sharded_checks(cuda: bool) -> list[tuple[str, str]]:
+    """DDP, DeepSpeed ZeRO-3 (when installed) and FSDP2 (CUDA only) on two processes."""
+    import importlib.util
+
+    one = ddp_curve(1)
+    checks = [("DDP", ddp_check(None, one))]
+    zero3 = REPO / "configs" / "accelerate" / "zero3.yaml"
+    checks.append(("DeepSpeed ZeRO-3", ddp_check(zero3, one) if importlib.util.find_spec("deepspeed")
+                   else "skipped (deepspeed is not installed: pip install 'pefteval[deepspeed]')"))
+    fsdp = REPO / "configs" / "accelerate" / "fsdp.yaml"
+    checks.append(("FSDP2", ddp_check(fsdp, one) if cuda else "skipped (accelerate runs FSDP on CUDA only)"))
+    return checks
 
 
 def main() -> None:
@@ -260,8 +280,11 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.cuda.device_count()} GPU(s)", flush=True)
     results = {size: throughput(size, length, batch, steps, device, peak) for size, length, batch, steps in plan}
     worst = agreement(device if device.type == "cuda" else torch.device("cpu"))
-    ddp = ddp_check() if torch.cuda.device_count() >= 2 or args.cpu_smoke else "skipped (one GPU)"
-    print(f"\nDDP, 2 processes vs 1: {ddp}")
+    if torch.cuda.device_count() >= 2 or args.cpu_smoke:
+        for label, line in sharded_checks(device.type == "cuda"):
+            print(f"\n{label}, 2 processes vs 1: {line}", flush=True)
+    else:
+        print("\nDDP, DeepSpeed ZeRO-3 and FSDP2, 2 processes vs 1: skipped (one GPU)")
     size = plan[-1][0]
     (fft, fft_t), (lora, lora_t) = results[size]["fft"], results[size]["lora"]
 

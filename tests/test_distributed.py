@@ -190,3 +190,60 @@ def test_deepspeed_on_two_processes_matches_one(tmp_path, no_dropout_bert, tiny_
         assert set(increments_two) == set(increments_one)
         for name, stats in increments_one.items():
             assert increments_two[name]["std"] == pytest.approx(stats["std"], rel=1e-3, abs=1e-6)
+
+
+SHIPPED = sorted(p for d in ("configs/accelerate", "configs/paper/accelerate")
+                 for p in (Path(__file__).resolve().parents[1] / d).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_accelerate_configs_load_and_launch(path, tmp_path):
+    """Every shipped accelerate config is one accelerate's own parser reads (no unknown keys) and
+    pefteval launches: one machine gets a free port per trial, several keep the file's port."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from pefteval.distributed import check_accelerate_config, launch_command
+
+    cluster = ClusterConfig.from_yaml_file(str(path))
+    if cluster.distributed_type.value == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    settings = check_accelerate_config(path)
+    command = launch_command(tmp_path / "run", None, 4, path)
+    assert command[:3] == [command[0], "-m", "pefteval.distributed"]
+    assert command[command.index("--num_processes") + 1] == "4"
+    assert command[command.index("--config_file") + 1] == str(path)
+    assert ("--main_process_port" in command) == (int(settings.get("num_machines", 1)) == 1)
+    assert command[-3:] == ["-m", "pefteval.worker", str(tmp_path / "run")]
+
+
+def test_generation_under_zero3_matches_one_process(tmp_path, tiny_llama_dir):
+    """A generative trial (ViGGO) under ZeRO-3 on two CPU processes: every process generates through
+    the partitioned model (transformers keeps them in step), and the main one writes the same
+    predictions and metrics as one process."""
+    pytest.importorskip("deepspeed")
+    from .test_generation_trial import write_generation_layout
+
+    data = write_generation_layout(tmp_path / "data")
+    cfg = tmp_path / "gen.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "gen", "model": str(tiny_llama_dir), "tasks": ["viggo"], "seeds": [0], "methods": [{"type": "fft"}],
+        "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "max_seq_length": 256, "max_new_tokens": 6,
+                     "precision": "fp32"},
+        "data": {"max_train_examples": 16, "validation_size": 4, "max_validation_examples": 4,
+                 "max_eval_examples": 6},
+        "analyses": {"capture": False}}))
+    zero3 = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "zero3.yaml"
+    records, predictions = [], []
+    for name, extra in (("one", []), ("zero3", ["--num-processes", "2", "--accelerate-config", zero3])):
+        proc = run_cli("run", cfg, "--out", tmp_path / name, "--data-dir", data, "--threads", "1", *extra)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        # the report says how the trials ran
+        assert ("× 2 processes (deepspeed-zero3)" in proc.stdout) == (name == "zero3")
+        (record,) = _records(tmp_path / name)
+        records.append(record)
+        run_dir = next((tmp_path / name / "runs").iterdir())
+        predictions.append(json.loads((run_dir / "predictions.json").read_text()))
+    assert records[1]["parallelism"] == "deepspeed-zero3"
+    assert records[1]["metrics"] == records[0]["metrics"]
+    assert predictions[1] == predictions[0]
+    assert len(predictions[0]["test"]) == 6

@@ -248,7 +248,9 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     header_notes = []
     if first is not None:
         hp = first["config"]["training"]
-        header_notes.append(f"Model: {first['config']['model']}; device: {first.get('device', '?')}; "
+        processes = (f" × {first['processes']} processes ({first.get('parallelism', 'ddp')})"
+                     if first.get("processes", 1) > 1 else "")
+        header_notes.append(f"Model: {first['config']['model']}; device: {first.get('device', '?')}{processes}; "
                             f"versions: {', '.join(f'{k} {v}' for k, v in first.get('versions', {}).items())}.")
         if tasks:
             header_notes.append(f"Accuracy in %, mean (sample std) over seeds {sorted(seeds_seen)}; 'orig' is the GLUE "
