@@ -54,7 +54,7 @@ class Planned:
 def plan_run(config: Path, data_dir: str | None = None, methods: str | None = None, seeds: str | None = None,
              max_train_examples: int | None = None, max_eval_examples: int | None = None,
              tasks: str | None = None, model: str | None = None, check_data: bool = True,
-             device: str | None = None) -> Planned:
+             device: str | None = None, check_devices: bool = True) -> Planned:
     """The trials of ``pefteval run CONFIG`` with its command-line options; `run` and `run --dry-run` both
     plan here, so their trials (and keys) are the same. ``check_data`` loads every task's data first
     (missing or malformed data is an error before anything trains); the dry run skips it."""
@@ -93,7 +93,7 @@ def plan_run(config: Path, data_dir: str | None = None, methods: str | None = No
             typer.echo(f"notice: {notice}", err=True)
     reads = _check_task_data(exp, data_path) if check_data else {}
     trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"))
-    for name in sorted({t.resolved.training.device for t in trials}):
+    for name in sorted({t.resolved.training.device for t in trials}) if check_devices else []:
         resolve_device(name)  # a device that is not here is an error before anything trains
     return Planned(exp, data_path, trials, reads)
 
@@ -165,6 +165,9 @@ def run(
                                       "launch (DDP: one per GPU; gloo on CPU); only the main one writes"),
     accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="an accelerate config file "
                                                      "for each trial's launch (e.g. configs/accelerate/ddp.yaml)"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="trials at once on this machine, each in its own process: "
+                             "with GPUs each sees resources.gpus_per_trial of them (default 1), on CPU the cores "
+                             "are split between them (unless --threads)"),
 ) -> None:
     """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
     if out is None and not dry_run:
@@ -188,36 +191,58 @@ def run(
     assert out is not None
     # imported here, not at the top: keeps --help and list free of torch
     from pefteval.files import atomic_write_text, check_writable, make_dir
+    from pefteval.lock import ResultsLock
     from pefteval.store import ResultStore
-    from pefteval.sweep import Launch, run_trials
+    from pefteval.sweep import Launch, check_jobs, run_trials
 
     exp, data_path, trials = planned.exp, planned.data_path, planned.trials
+    launch = Launch(num_processes, accelerate_config)
+    check_jobs(jobs, launch, exp.resources.gpus_per_trial)  # enough GPUs, before anything is written
     if (out / "results.sqlite").exists():  # a corrupt store stops the run before anything is written
         ResultStore(out / "results.sqlite", read_only=True).close()
     make_dir(out)
     check_writable(out)
-    atomic_write_text(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
-    typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
-               f"results in {out}", err=True)
-    summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
-                         data_reads=planned.data_reads, accept_data_change=accept_data_change, threads=threads,
-                         launch=Launch(num_processes, accelerate_config))
-    if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
-        typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
-                   "command again to resume", err=True)
-        raise typer.Exit(130)
-    typer.echo(f"ran {summary.completed} trial(s), skipped {summary.skipped} already complete, "
-               f"{len(summary.failed)} failed", err=True)
-    for trial, error in summary.failed:
-        typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
-    _run_analyses(out, exp.analyses.run)
-    try:
-        _write_report(out, "markdown", echo=True)
-        _write_report(out, "html")
-    except UserError as err:  # nothing complete yet, or no space for the report: say so, keep the sweep's status
-        typer.echo(f"no report: {err}", err=True)
-    if summary.failed:
-        raise typer.Exit(1)
+    # one sweep per results directory: held until this process exits, however it exits
+    with ResultsLock(out) as lock:
+        if lock.takeover_note():
+            typer.echo(lock.takeover_note(), err=True)
+        atomic_write_text(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+        typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
+                   f"results in {out}", err=True)
+        summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
+                             data_reads=planned.data_reads, accept_data_change=accept_data_change,
+                             threads=threads if threads is not None else exp.resources.cpus_per_trial,
+                             launch=launch, jobs=jobs,
+                             gpus_per_trial=exp.resources.gpus_per_trial)
+        if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
+            typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
+                       "command again to resume", err=True)
+            raise typer.Exit(130)
+        typer.echo(f"ran {summary.completed} trial(s), skipped {summary.skipped} already complete, "
+                   f"{len(summary.failed)} failed", err=True)
+        for trial, error in summary.failed:
+            typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
+        _run_analyses(out, exp.analyses.run)
+        try:
+            _write_report(out, "markdown", echo=True)
+            _write_report(out, "html")
+        except UserError as err:  # nothing complete yet, or no space for the report: say so, keep the sweep's status
+            typer.echo(f"no report: {err}", err=True)
+        if summary.failed:
+            raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def status(out: Path = typer.Argument(..., help="a results directory of `pefteval run`")) -> None:
+    """Where the sweep in OUT stands: planned, complete, failed, running (which, where, for how long),
+    remaining and the time left. Reads without the directory's lock, while a run goes on."""
+    from pefteval.status import check_results_dir, sweep_status
+
+    # planned as `run` plans (the same keys), on whatever device this machine has
+    exp = plan_run(check_results_dir(out), check_data=False, check_devices=False).exp
+    for line in sweep_status(out, exp).lines():
+        typer.echo(line)
 
 
 def _check_out(out: Path) -> None:

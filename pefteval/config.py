@@ -404,6 +404,19 @@ class AnalysisConfig(_Strict):
         return rho
 
 
+class ResourcesConfig(_Strict):
+    """What one trial needs of a machine, for the executors that run several at once (``--jobs``,
+    ``--executor ray``). Not part of any trial's identity."""
+
+    # GPUs each trial process sees (CUDA_VISIBLE_DEVICES); default: 1 where GPUs exist, and a
+    # trial launched on several processes (--num-processes) that many
+    gpus_per_trial: Optional[Int] = Field(None, ge=0)
+    # CPU cores (and so threads) each trial gets; default: the cores split between the running trials
+    cpus_per_trial: Optional[Int] = Field(None, ge=1)
+    # memory a trial is scheduled with on a Ray cluster, in GB; default: none asked
+    memory_gb_per_trial: Optional[Float] = Field(None, gt=0)
+
+
 class ExperimentConfig(_Strict):
     name: str
     model: str
@@ -417,6 +430,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     save_weights: bool = True
     analyses: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @field_validator("tasks")
     @classmethod

@@ -5,6 +5,7 @@ own process, and records it."""
 from __future__ import annotations
 
 import json
+import multiprocessing.connection
 import os
 import shutil
 import signal
@@ -39,72 +40,117 @@ def run_dir_for(out_dir: Path, trial: Trial) -> Path:
     return out_dir / "runs" / f"{task}__{trial.method}__seed{trial.seed}__{trial.key}"
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class Progress:
-    """Where a sweep is. On a terminal one line redrawn in place; otherwise a line per
-    trial and per epoch, so logs stay readable."""
+    """Where a sweep is. On a terminal: with one trial at a time one line redrawn in place; with
+    several, one line per running trial and a sweep line, redrawn as a block. Otherwise a line
+    per trial and per epoch, so logs stay readable."""
 
-    def __init__(self, total: int, stream: TextIO | None = None):
+    def __init__(self, total: int, stream: TextIO | None = None, jobs: int = 1):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.total = total
+        self.jobs = jobs
         self.durations: list[float] = []
-        self.index = 0
-        self.trial: Trial | None = None
-        self.trial_started = 0.0
+        self.done = 0
+        self.failed = 0
+        self.running: dict[int, tuple[Trial, float]] = {}  # index -> (trial, started)
+        self.lines: dict[int, str] = {}  # index -> its live line (several running, on a terminal)
+        self.drawn = 0  # lines of the live block on screen
         self.last_draw = 0.0
 
     def _sweep_eta(self) -> str:
         if not self.durations:
             return "?"
-        remaining = self.total - self.index
-        return _fmt_time(sum(self.durations) / len(self.durations) * remaining)
+        remaining = self.total - self.done
+        parallel = max(1, min(self.jobs, remaining))
+        return fmt_time(sum(self.durations) / len(self.durations) * remaining / parallel)
+
+    def _block(self) -> bool:
+        return self.tty and self.jobs > 1
 
     def _emit(self, text: str, final: bool = False) -> None:
-        if self.tty:
+        if self._block():
+            self._clear_block()
+            if final:
+                self.stream.write(text + "\n")
+            self._draw_block()
+        elif self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def start(self, index: int, trial: Trial) -> None:
-        self.index, self.trial, self.trial_started = index, trial, time.time()
-        if not self.tty:
-            self._emit(f"[trial {index}/{self.total}] {trial.describe()} (sweep time left ~{self._sweep_eta()})")
+    def _clear_block(self) -> None:
+        if self.drawn:
+            self.stream.write(f"\033[{self.drawn}F\033[J")
+        self.drawn = 0
 
-    def event(self, event: dict[str, Any]) -> None:
-        head = f"[trial {self.index}/{self.total}] {self.trial.method} {self.trial.task} seed {self.trial.seed}"
+    def _draw_block(self) -> None:
+        lines = [self.lines.get(i, self._head(i)) for i in sorted(self.running)]
+        lines.append(f"sweep: {self.done}/{self.total} done, {self.failed} failed, {len(self.running)} running, "
+                     f"~{self._sweep_eta()} left")
+        self.stream.write("".join(line + "\n" for line in lines))
+        self.drawn = len(lines)
+
+    def _head(self, index: int) -> str:
+        trial = self.running[index][0]
+        return f"[trial {index}/{self.total}] {trial.method} {trial.task} seed {trial.seed}"
+
+    def start(self, index: int, trial: Trial, where: str = "") -> None:
+        self.running[index] = (trial, time.time())
+        if not self.tty:
+            self._emit(f"[trial {index}/{self.total}] {trial.describe()}{where} (sweep time left ~{self._sweep_eta()})")
+        elif self._block():
+            self._emit("")
+
+    def event(self, index: int, event: dict[str, Any]) -> None:
+        head = self._head(index)
         kind = event.get("event")
+        live = None
         if kind == "step" and self.tty and time.time() - self.last_draw > 0.25:
             self.last_draw = time.time()
-            elapsed = time.time() - self.trial_started
+            elapsed = time.time() - self.running[index][1]
             left = elapsed / event["step"] * (event["total_steps"] - event["step"])
-            self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']}"
-                       f" | loss {event['loss']:.4f} | trial ~{_fmt_time(left)} left | sweep ~{self._sweep_eta()} left")
+            step = (f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']} | loss "
+                    f"{event['loss']:.4f} | trial ~{fmt_time(left)} left")
+            live = f"{head} | {step}" + ("" if self._block() else f" | sweep ~{self._sweep_eta()} left")
         elif kind == "epoch":
             self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} done: train loss {event['train_loss']:.4f},"
                        f" validation {event['metric']} {event['validation']:.4f}", final=True)
         elif kind == "evaluate" and self.tty:
-            self._emit(f"{head} | evaluating")
+            live = f"{head} | evaluating"
         elif kind == "analyse" and self.tty:
-            self._emit(f"{head} | saving weights and increments, per-model analyses")
+            live = f"{head} | saving weights and increments, per-model analyses"
         elif kind == "attack":
             self._emit(f"{head} | generating {event['attack']} against the trained model "
                        f"({event['questions']} source questions)", final=not self.tty)
+        if live is not None:
+            self.lines[index] = live
+            self._emit(live)
 
-    def finish(self, record: dict[str, Any]) -> None:
-        took = time.time() - self.trial_started
+    def finish(self, index: int, record: dict[str, Any]) -> None:
+        trial, started = self.running.pop(index)
+        self.lines.pop(index, None)
+        took = time.time() - started
         self.durations.append(took)
+        self.done += 1
         if record["status"] == "complete":
-            task = TASKS[self.trial.task]  # planned trials name registered tasks
+            task = TASKS[trial.task]  # planned trials name registered tasks
             scores = ", ".join(f"{k} {_headline(v, task)}" for k, v in record["metrics"].items())
-            self._emit(f"[trial {self.index}/{self.total}] done in {_fmt_time(took)}: {scores}", final=True)
+            self._emit(f"[trial {index}/{self.total}] done in {fmt_time(took)}: {scores}", final=True)
         else:
-            self._emit(f"[trial {self.index}/{self.total}] FAILED: {record['error']}", final=True)
+            self.failed += 1
+            self._emit(f"[trial {index}/{self.total}] FAILED: {record['error']}", final=True)
+
+    def close(self) -> None:
+        if self._block():
+            self._clear_block()
+            self.stream.flush()
 
 
 def _headline(metrics: dict[str, Any], task: Task) -> str:
@@ -132,13 +178,10 @@ class Launch:
         return self.num_processes > 1 or self.accelerate_config is not None
 
 
-def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
-            analysis: dict[str, Any] | None = None, threads: int | None = None,
-            launch: Launch | None = None) -> dict[str, Any]:
-    """Run one trial in its own process; returns its record. A trial that could not save everything
-    it promises is failed, and its partial files are removed (its trial.json, log.txt and result.json
-    stay, to say what happened). A failure to set the trial up (its directory, its trial.json) raises
-    OutputError: the disk that cannot take those cannot take a trial either."""
+def prepare_run_dir(trial: Trial, run_dir: Path, analysis: dict[str, Any] | None = None,
+                    threads: int | None = None) -> None:
+    """A fresh run directory holding the trial's trial.json. A failure (its directory, its trial.json)
+    raises OutputError: the disk that cannot take those cannot take a trial either."""
     try:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # leftovers of an interrupted, failed or damaged attempt
@@ -157,72 +200,126 @@ def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progre
     except OutputError:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+@dataclass
+class Job:
+    """One trial's process, running: forked from the fork server (events through a pipe) or under
+    ``accelerate launch`` (events from events.jsonl, the record from result.json)."""
+
+    index: int
+    trial: Trial
+    run_dir: Path
+    proc: Any
+    receiver: Any = None  # the forked trial's end of the pipe
+    offset: int = 0  # how far a launched trial's events.jsonl has been shown
+    record: dict[str, Any] | None = None
+    gpus: str | None = None  # the CUDA_VISIBLE_DEVICES it was given
+    started: float = field(default_factory=time.time)
+
+    def poll(self, progress: Progress) -> bool:
+        """Show what the trial said since the last poll; True once it has ended (``record`` set)."""
+        if self.receiver is not None:
+            return self._poll_forked(progress)
+        finished = self.proc.poll() is not None
+        self.offset = _replay(self.run_dir / EVENTS, self.offset, progress, self.index)
+        if not finished:
+            return False
+        result_path = self.run_dir / "result.json"
+        if result_path.exists():
+            self.record = json.loads(result_path.read_text())
+        else:
+            tail = [*_tail(self.run_dir / "log.txt"), *_tail(self.run_dir / "launch.txt")]
+            self.record = {"status": "failed",
+                           "error": f"accelerate launch exited with code {self.proc.returncode}: {' | '.join(tail)}"}
+        return True
+
+    def _poll_forked(self, progress: Progress) -> bool:
+        try:
+            while self.receiver.poll():
+                event = self.receiver.recv()
+                if event.get("event") == "result":
+                    self.record = event["record"]
+                else:
+                    progress.event(self.index, event)
+        except EOFError:  # the trial's process has closed its end: it is ending
+            self.proc.join()
+            self.receiver.close()
+            if self.record is None:  # it died before it could say (killed, out of memory, a crash in C)
+                tail = _tail(self.run_dir / "log.txt")
+                self.record = {"status": "failed",
+                               "error": f"trial process exited with code {self.proc.exitcode}: {' | '.join(tail)}"}
+            return True
+        return False
+
+    def kill(self) -> None:
+        if self.receiver is not None:
+            self.proc.kill()
+            self.proc.join()
+            self.receiver.close()
+        else:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def start_job(index: int, trial: Trial, run_dir: Path, data_dir: Path | None, launch: Launch | None = None,
+              gpus: str | None = None) -> Job:
+    """Start the trial of ``run_dir/trial.json`` in a process of its own, seeing only ``gpus``."""
+    env = {"CUDA_VISIBLE_DEVICES": gpus} if gpus is not None else {}
     if launch is not None and launch.distributed:
-        record = _run_launched(run_dir, data_dir, progress, launch)
-    else:
-        record = _run_forked(run_dir, data_dir, progress)
-    if record["status"] != "complete":
-        remove_partial(run_dir)
-    return record
-
-
-def _run_forked(run_dir: Path, data_dir: Path | None, progress: Progress) -> dict[str, Any]:
+        command = launch_command(run_dir, data_dir, launch.num_processes, launch.accelerate_config)
+        with open(run_dir / "launch.txt", "w") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **env})
+        return Job(index, trial, run_dir, proc, gpus=gpus)
     ctx = context()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender))
+    proc = ctx.Process(target=trial_main, args=(str(run_dir), str(data_dir) if data_dir else None, sender, env))
     proc.start()
     sender.close()
-    record = None
+    return Job(index, trial, run_dir, proc, receiver=receiver, gpus=gpus)
+
+
+def wait_any(jobs: list[Job], timeout: float = 0.2) -> None:
+    """Until one of the forked jobs has something to say, or ``timeout`` (launched jobs are polled)."""
+    receivers = [j.receiver for j in jobs if j.receiver is not None]
+    if receivers and len(receivers) == len(jobs):
+        multiprocessing.connection.wait(receivers, timeout=max(timeout, 1.0))
+    elif receivers:
+        multiprocessing.connection.wait(receivers, timeout=timeout)
+    else:
+        time.sleep(min(timeout, 0.1))
+
+
+def run_one(trial: Trial, run_dir: Path, data_dir: Path | None, progress: Progress,
+            analysis: dict[str, Any] | None = None, threads: int | None = None,
+            launch: Launch | None = None, index: int = 1, gpus: str | None = None) -> dict[str, Any]:
+    """Run one trial in its own process; returns its record. A trial that could not save everything
+    it promises is failed, and its partial files are removed (its trial.json, log.txt and result.json
+    stay, to say what happened)."""
+    prepare_run_dir(trial, run_dir, analysis, threads)
+    job = start_job(index, trial, run_dir, data_dir, launch, gpus)
     try:
-        while True:
-            try:
-                event = receiver.recv()
-            except EOFError:
-                break
-            if event.get("event") == "result":
-                record = event["record"]
-            else:
-                progress.event(event)
-        proc.join()
+        while not job.poll(progress):
+            wait_any([job])
     except BaseException:
-        proc.kill()
-        proc.join()
+        job.kill()
         raise
-    finally:
-        receiver.close()
-    if record is None:  # the process died before it could say (killed, out of memory, a crash in C)
-        tail = _tail(run_dir / "log.txt")
-        record = {"status": "failed", "error": f"trial process exited with code {proc.exitcode}: {' | '.join(tail)}"}
-    return record
+    return ended(job)
 
 
-def _run_launched(run_dir: Path, data_dir: Path | None, progress: Progress, launch: Launch) -> dict[str, Any]:
-    """The trial under ``accelerate launch`` (a process group of its own, killed on Ctrl-C); its
-    main rank's progress events are read from events.jsonl as they come, its record from
-    result.json. What the launcher itself prints goes to launch.txt."""
-    command = launch_command(run_dir, data_dir, launch.num_processes, launch.accelerate_config)
-    with open(run_dir / "launch.txt", "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    events, offset = run_dir / EVENTS, 0
-    try:
-        while True:
-            finished = proc.poll() is not None
-            offset = _replay(events, offset, progress)
-            if finished:
-                break
-            time.sleep(0.1)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    tail = [*_tail(run_dir / "log.txt"), *_tail(run_dir / "launch.txt")]
-    return {"status": "failed", "error": f"accelerate launch exited with code {proc.returncode}: {' | '.join(tail)}"}
+def ended(job: Job) -> dict[str, Any]:
+    """The record of a job that has ended; a failed trial's partial files are removed."""
+    assert job.record is not None
+    if job.record["status"] != "complete":
+        remove_partial(job.run_dir)
+    return job.record
 
 
-def _replay(events: Path, offset: int, progress: Progress) -> int:
+def _replay(events: Path, offset: int, progress: Progress, index: int) -> int:
     """Show the events written since ``offset`` (whole lines only); returns the new offset."""
     if not events.is_file():
         return offset
@@ -233,7 +330,7 @@ def _replay(events: Path, offset: int, progress: Progress) -> int:
             if not line.endswith("\n"):
                 return offset
             offset += len(line.encode("utf-8"))
-            progress.event(json.loads(line))
+            progress.event(index, json.loads(line))
 
 
 def _tail(path: Path, lines: int = 3) -> list[str]:
@@ -255,34 +352,115 @@ def remove_partial(run_dir: Path) -> None:
 def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experiment: str,
                stream: TextIO | None = None, analysis: dict[str, Any] | None = None,
                data_reads: dict[str, str] | None = None, accept_data_change: bool = False,
-               threads: int | None = None, launch: Launch | None = None) -> SweepSummary:
+               threads: int | None = None, launch: Launch | None = None, jobs: int = 1,
+               gpus_per_trial: int | None = None) -> SweepSummary:
     """Run every trial the store does not hold as complete, and redo the complete ones whose run
-    directory lost files. A complete trial whose data changed since it ran is an error (it would be
-    reported as if trained on the current data) unless ``accept_data_change``, which redoes it.
-    ``data_reads`` is what planning read of the data (see ``tasks.base.track_data_reads``)."""
+    directory lost files, ``jobs`` at a time (each in its own process, seeing its own GPUs). A
+    complete trial whose data changed since it ran is an error (it would be reported as if trained
+    on the current data) unless ``accept_data_change``, which redoes it. ``data_reads`` is what
+    planning read of the data (see ``tasks.base.track_data_reads``). Only this process writes the
+    store: a record as each trial ends."""
     stream = stream or sys.stderr
     summary = SweepSummary(planned=len(trials))
+    slots = check_jobs(jobs, launch, gpus_per_trial)
+    if threads is None and jobs > 1:  # the cores split between the running trials
+        threads = max(1, usable_cores() // jobs)
     with ResultStore(out_dir / "results.sqlite") as store:
         todo = trials_to_run(trials, store.complete_records(), out_dir, DataCheck(data_dir, data_reads or {}),
                              accept_data_change, stream)
         summary.skipped = len(trials) - len(todo)
-        progress = Progress(len(todo), stream)
+        progress = Progress(len(todo), stream, jobs)
+        pending = list(enumerate(todo, start=1))
+        free = list(slots) if slots is not None else None
+        running: list[Job] = []
         try:
-            for i, trial in enumerate(todo, start=1):
-                progress.start(i, trial)
-                run_dir = run_dir_for(out_dir, trial)
-                record = run_one(trial, run_dir, data_dir, progress, analysis, threads, launch)
-                record.update(key=trial.key, config=trial.config, experiment=experiment,
-                              run_dir=str(run_dir.relative_to(out_dir)))
-                store.put(record)
-                progress.finish(record)
-                if record["status"] == "complete":
-                    summary.completed += 1
-                else:
-                    summary.failed.append((trial, record["error"]))
+            while pending or running:
+                while pending and len(running) < jobs:
+                    index, trial = pending.pop(0)
+                    gpus = free.pop(0) if free is not None else None
+                    run_dir = run_dir_for(out_dir, trial)
+                    progress.start(index, trial, f" on GPU {gpus}" if gpus is not None and jobs > 1 else "")
+                    try:
+                        prepare_run_dir(trial, run_dir, analysis, threads)
+                    except OutputError:
+                        if free is not None:
+                            free.append(gpus)
+                        progress.running.pop(index, None)
+                        raise
+                    running.append(start_job(index, trial, run_dir, data_dir, launch, gpus))
+                    write_running(out_dir, jobs, running)
+                wait_any(running)
+                for job in [j for j in running if j.poll(progress)]:
+                    running.remove(job)
+                    if free is not None:
+                        free.append(job.gpus)
+                    record = ended(job)
+                    record.update(key=job.trial.key, config=job.trial.config, experiment=experiment,
+                                  run_dir=str(job.run_dir.relative_to(out_dir)))
+                    store.put(record)
+                    write_running(out_dir, jobs, running)
+                    progress.finish(job.index, record)
+                    if record["status"] == "complete":
+                        summary.completed += 1
+                    else:
+                        summary.failed.append((job.trial, record["error"]))
         except KeyboardInterrupt:
             summary.interrupted = True
+        finally:
+            for job in running:  # Ctrl-C, or a run directory that could not be made: stop the others
+                job.kill()
+            progress.close()
+            try:
+                write_running(out_dir, jobs, [])
+            except OutputError:
+                pass  # a full disk: status ignores the file once this run lets go of the lock
     return summary
+
+
+def write_running(out_dir: Path, jobs: int, running: list[Job]) -> None:
+    """OUT/running.json: the trials running now, for ``pefteval status`` (which trusts it only
+    while this process holds the directory's lock)."""
+    atomic_write_json(out_dir / "running.json", {
+        "pid": os.getpid(), "jobs": jobs, "updated": time.time(),
+        "trials": [{"index": j.index, "key": j.trial.key, "trial": j.trial.describe(), "started": j.started,
+                    "pid": j.proc.pid, "gpus": j.gpus, "run_dir": str(j.run_dir.relative_to(out_dir))}
+                   for j in running]})
+
+
+def check_jobs(jobs: int, launch: Launch | None, gpus_per_trial: int | None) -> list[str] | None:
+    """The GPU sets of ``jobs`` trials at once (None: one at a time, where a trial sees what the
+    sweep sees, or no GPUs); a user error when there are not enough GPUs for them."""
+    if jobs == 1:
+        return None
+    per_trial = gpus_per_trial if gpus_per_trial is not None else (launch.num_processes if launch else 1)
+    return gpu_slots(jobs, per_trial)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES when set, else every CUDA device."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def gpu_slots(jobs: int, per_trial: int, gpus: list[str] | None = None) -> list[str] | None:
+    """The GPU sets (CUDA_VISIBLE_DEVICES values) the running trials take, one per job; None on a
+    machine without GPUs (or with ``gpus_per_trial: 0``), where trials see what the parent sees."""
+    gpus = visible_gpus() if gpus is None else gpus
+    if not gpus or per_trial == 0:
+        return None
+    if jobs * per_trial > len(gpus):
+        raise UserError(f"--jobs {jobs} with {per_trial} GPU(s) per trial needs {jobs * per_trial} GPUs, and "
+                        f"{len(gpus)} are here ({','.join(gpus)}); use --jobs {max(1, len(gpus) // per_trial)} "
+                        "or fewer, or set resources.gpus_per_trial")
+    return [",".join(gpus[i * per_trial:(i + 1) * per_trial]) for i in range(jobs)]
 
 
 def trials_to_run(trials: list[Trial], complete: dict[str, dict[str, Any]], out_dir: Path, data: DataCheck,

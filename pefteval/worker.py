@@ -91,8 +91,10 @@ def _private_temp_dir() -> None:
     multiprocessing.util.Finalize(None, shutil.rmtree, args=(str(mine), True), exitpriority=-101)
 
 
-def trial_main(run_dir: str, data_dir: str | None, conn: Any) -> None:
-    """A trial in a process forked from the fork server: events and the record go through ``conn``."""
+def trial_main(run_dir: str, data_dir: str | None, conn: Any, env: dict[str, str] | None = None) -> None:
+    """A trial in a process forked from the fork server: events and the record go through ``conn``.
+    ``env`` is set first (CUDA_VISIBLE_DEVICES: the GPUs this trial may see, before CUDA starts)."""
+    os.environ.update(env or {})
     die_with_parent()
     _redirect(Path(run_dir) / "log.txt")
     record = _run(Path(run_dir), Path(data_dir) if data_dir else None, conn.send, distributed=False)
