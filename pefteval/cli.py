@@ -165,6 +165,10 @@ def run(
                                       "launch (DDP: one per GPU; gloo on CPU); only the main one writes"),
     accelerate_config: Optional[Path] = typer.Option(None, "--accelerate-config", help="an accelerate config file "
                                                      "for each trial's launch (e.g. configs/accelerate/ddp.yaml)"),
+    executor: str = typer.Option("local", "--executor", help="local (this machine's processes) or ray (every "
+                                 "trial a Ray task; --out must be on storage every node sees)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="auto or HOST:PORT of a running Ray "
+                                              "cluster; without it a local Ray is started for the run (loopback)"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="trials at once on this machine, each in its own process: "
                              "with GPUs each sees resources.gpus_per_trial of them (default 1), on CPU the cores "
                              "are split between them (unless --threads)"),
@@ -197,7 +201,20 @@ def run(
 
     exp, data_path, trials = planned.exp, planned.data_path, planned.trials
     launch = Launch(num_processes, accelerate_config)
-    check_jobs(jobs, launch, exp.resources.gpus_per_trial)  # enough GPUs, before anything is written
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor {executor!r}: choose local or ray")
+    if ray_address is not None and executor != "ray":
+        raise UserError("--ray-address needs --executor ray")
+    if executor == "local":
+        check_jobs(jobs, launch, exp.resources.gpus_per_trial)  # enough GPUs, before anything is written
+        ray = None
+    else:
+        from pefteval.ray_executor import RayExecutor
+
+        resources = exp.resources
+        gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else (
+            (num_processes if launch.distributed else 1) if _has_gpus() else 0)
+        ray = RayExecutor(ray_address, resources.cpus_per_trial or num_processes, gpus, resources.memory_gb_per_trial)
     if (out / "results.sqlite").exists():  # a corrupt store stops the run before anything is written
         ResultStore(out / "results.sqlite", read_only=True).close()
     make_dir(out)
@@ -211,9 +228,12 @@ def run(
                    f"results in {out}", err=True)
         summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
                              data_reads=planned.data_reads, accept_data_change=accept_data_change,
-                             threads=threads if threads is not None else exp.resources.cpus_per_trial,
-                             launch=launch, jobs=jobs,
-                             gpus_per_trial=exp.resources.gpus_per_trial)
+                             threads=threads if threads is not None else (
+                                 exp.resources.cpus_per_trial or (ray.cpus if ray is not None else None)),
+                             launch=launch, jobs=jobs, gpus_per_trial=exp.resources.gpus_per_trial,
+                             executor=ray)
+        if ray is not None:
+            ray.close()
         if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
             typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
                        "command again to resume", err=True)
@@ -243,6 +263,12 @@ def status(out: Path = typer.Argument(..., help="a results directory of `pefteva
     exp = plan_run(check_results_dir(out), check_data=False, check_devices=False).exp
     for line in sweep_status(out, exp).lines():
         typer.echo(line)
+
+
+def _has_gpus() -> bool:
+    from pefteval.sweep import visible_gpus
+
+    return bool(visible_gpus())
 
 
 def _check_out(out: Path) -> None:

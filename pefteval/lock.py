@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pefteval.errors import OutputError, UserError
+from pefteval.errors import UserError
+from pefteval.files import write_error
 
 LOCK_NAME = ".pefteval.lock"
 
@@ -65,7 +66,7 @@ class ResultsLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise OutputError(f"cannot open the lock file {self.path}: {os.strerror(err.errno or 0)}") from None
+            raise write_error(self.path, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -86,7 +87,7 @@ class ResultsLock:
             os.pwrite(fd, (json.dumps(mine) + "\n").encode(), 0)
         except OSError as err:
             os.close(fd)
-            raise OutputError(f"cannot write the lock file {self.path}: {os.strerror(err.errno or 0)}") from None
+            raise write_error(self.path, err) from None
         self.fd = fd
         return self
 

@@ -14,7 +14,7 @@ from typing import Any
 from pefteval.tasks.base import file_sha256
 
 # written while the trial runs (logs, progress, the record itself): not part of what it promises
-_NOT_LISTED = {"log.txt", "result.json", "events.jsonl", "launch.txt"}
+_NOT_LISTED = {"log.txt", "result.json", "events.jsonl", "launch.txt", "ray_task.json"}
 
 
 def _listed(path: Path) -> bool:

@@ -57,7 +57,8 @@ class Status:
                        f"{self.run.get('host')}, since {_clock(self.run.get('started'))}, {self.jobs} at a time)")
             now = time.time()
             for job in self.running:
-                where = f" on GPU {job['gpus']}" if job.get("gpus") else ""
+                where = (f" on {job['where']}" if job.get("where") else "") + \
+                    (f" on GPU {job['gpus']}" if job.get("gpus") else "")
                 out.append(f"    [trial {job['index']}] {job['trial']}{where}, pid {job.get('pid', '?')}, for "
                            f"{fmt_time(now - job['started'])}")
         out.append(f"  remaining {self.remaining} (running ones included)")

@@ -217,6 +217,12 @@ class Job:
     gpus: str | None = None  # the CUDA_VISIBLE_DEVICES it was given
     started: float = field(default_factory=time.time)
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    where: str | None = None  # the node, for trials that run elsewhere (Ray)
+
     def poll(self, progress: Progress) -> bool:
         """Show what the trial said since the last poll; True once it has ended (``record`` set)."""
         if self.receiver is not None:
@@ -353,17 +359,20 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
                stream: TextIO | None = None, analysis: dict[str, Any] | None = None,
                data_reads: dict[str, str] | None = None, accept_data_change: bool = False,
                threads: int | None = None, launch: Launch | None = None, jobs: int = 1,
-               gpus_per_trial: int | None = None) -> SweepSummary:
+               gpus_per_trial: int | None = None, executor: Any = None) -> SweepSummary:
     """Run every trial the store does not hold as complete, and redo the complete ones whose run
     directory lost files, ``jobs`` at a time (each in its own process, seeing its own GPUs). A
     complete trial whose data changed since it ran is an error (it would be reported as if trained
     on the current data) unless ``accept_data_change``, which redoes it. ``data_reads`` is what
     planning read of the data (see ``tasks.base.track_data_reads``). Only this process writes the
-    store: a record as each trial ends."""
+    store: a record as each trial ends. With ``executor`` (``ray_executor.RayExecutor``) the trials
+    are Ray tasks, as many at once as the cluster holds, which places them (and their GPUs)."""
     stream = stream or sys.stderr
     summary = SweepSummary(planned=len(trials))
-    slots = check_jobs(jobs, launch, gpus_per_trial)
-    if threads is None and jobs > 1:  # the cores split between the running trials
+    slots = check_jobs(jobs, launch, gpus_per_trial) if executor is None else None
+    if executor is not None and jobs == 1:
+        jobs = executor.capacity()
+    if threads is None and jobs > 1 and executor is None:  # the cores split between the running trials
         threads = max(1, usable_cores() // jobs)
     with ResultStore(out_dir / "results.sqlite") as store:
         todo = trials_to_run(trials, store.complete_records(), out_dir, DataCheck(data_dir, data_reads or {}),
@@ -372,7 +381,7 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
         progress = Progress(len(todo), stream, jobs)
         pending = list(enumerate(todo, start=1))
         free = list(slots) if slots is not None else None
-        running: list[Job] = []
+        running: list[Any] = []  # Job, or ray_executor.RayJob
         try:
             while pending or running:
                 while pending and len(running) < jobs:
@@ -387,7 +396,12 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
                             free.append(gpus)
                         progress.running.pop(index, None)
                         raise
-                    running.append(start_job(index, trial, run_dir, data_dir, launch, gpus))
+                    if executor is None:
+                        running.append(start_job(index, trial, run_dir, data_dir, launch, gpus))
+                    else:
+                        command = (launch_command(run_dir, data_dir, launch.num_processes, launch.accelerate_config)
+                                   if launch is not None and launch.distributed else None)
+                        running.append(executor.start(index, trial, run_dir, data_dir, command))
                     write_running(out_dir, jobs, running)
                 wait_any(running)
                 for job in [j for j in running if j.poll(progress)]:
@@ -410,20 +424,25 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
             for job in running:  # Ctrl-C, or a run directory that could not be made: stop the others
                 job.kill()
             progress.close()
-            try:
-                write_running(out_dir, jobs, [])
-            except OutputError:
-                pass  # a full disk: status ignores the file once this run lets go of the lock
+            write_running(out_dir, jobs, [])
     return summary
 
 
-def write_running(out_dir: Path, jobs: int, running: list[Job]) -> None:
+def write_running(out_dir: Path, jobs: int, running: list[Any]) -> None:
     """OUT/running.json: the trials running now, for ``pefteval status`` (which trusts it only
-    while this process holds the directory's lock)."""
+    while this process holds the directory's lock). Advisory: a disk too full to take it fails
+    no trial (the trials' own files say what failed)."""
+    try:
+        _write_running(out_dir, jobs, running)
+    except OutputError:
+        pass
+
+
+def _write_running(out_dir: Path, jobs: int, running: list[Any]) -> None:
     atomic_write_json(out_dir / "running.json", {
         "pid": os.getpid(), "jobs": jobs, "updated": time.time(),
         "trials": [{"index": j.index, "key": j.trial.key, "trial": j.trial.describe(), "started": j.started,
-                    "pid": j.proc.pid, "gpus": j.gpus, "run_dir": str(j.run_dir.relative_to(out_dir))}
+                    "pid": j.pid, "gpus": j.gpus, "where": j.where, "run_dir": str(j.run_dir.relative_to(out_dir))}
                    for j in running]})
 
 

@@ -22,9 +22,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def sweep(tmp_path, tiny_bert_dir):
-    data = write_sst2_layout(tmp_path / "data", n_train=32, n_dev=16, n_adv=8)
-    # six trials: long enough a sweep to be caught running
-    return write_config(tmp_path / "exp.yaml", tiny_bert_dir, seeds=[0, 1, 2]), data, tmp_path / "out"
+    data = write_sst2_layout(tmp_path / "data", n_train=400, n_dev=16, n_adv=8)
+    # six trials of a few seconds each: long enough a sweep to be caught running
+    training = {"epochs": 4, "batch_size": 8, "max_seq_length": 32, "lr": 1e-3, "precision": "fp32"}
+    return (write_config(tmp_path / "exp.yaml", tiny_bert_dir, seeds=[0, 1, 2], training=training), data,
+            tmp_path / "out")
 
 
 def test_a_second_run_on_a_directory_in_use_exits_2_and_the_first_finishes(sweep, tmp_path):
@@ -100,7 +102,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(sweep, tmp_path):
     cfg, data, out = sweep
     log = tmp_path / "first.txt"
     first = _start(cfg, out, data, log)
-    _wait_for_text(first, log, "[trial 1/6] fft sst2 seed 0 | epoch 1/1 done")
+    _wait_for_text(first, log, "[trial 1/6] fft sst2 seed 0 | epoch 1/4 done")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert json.loads((out / ".pefteval.lock").read_text())["pid"] == first.pid  # left behind
