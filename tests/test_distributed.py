@@ -39,8 +39,16 @@ def _records(out: Path) -> list[dict]:
         conn.close()
 
 
+_BASELINES: dict[str, tuple[dict, Path]] = {}  # one-process runs, shared by the tests that compare with them
+
+
 def _run(tmp_path: Path, name: str, model: Path, method: dict, *extra: str, capture: bool = False,
          accumulate: int = 1) -> tuple[dict, Path]:
+    if name == "one":  # the one-process baseline of this model, method and settings: run once per session
+        key = json.dumps([str(model), method, capture, accumulate], sort_keys=True)
+        if key not in _BASELINES:
+            _BASELINES[key] = _run(tmp_path, "baseline", model, method, capture=capture, accumulate=accumulate)
+        return _BASELINES[key]
     data = tmp_path / "data"
     if not data.exists():
         write_sst2_layout(data, n_train=72, n_dev=24, n_adv=8)
