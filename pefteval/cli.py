@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import typer
-import yaml
 
 from pefteval import __version__
 from pefteval.cli_adversarial import adversarial_app
-from pefteval.cli_common import CONTEXT_SETTINGS, _csv_list, user_errors
+from pefteval.cli_common import CONTEXT_SETTINGS, user_errors
 from pefteval.errors import UserError
-
-if TYPE_CHECKING:
-    from pefteval.config import ExperimentConfig
-    from pefteval.plan import Trial
+from pefteval.interrupts import stop_on_interrupt
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   context_settings=CONTEXT_SETTINGS,
@@ -38,103 +33,9 @@ def _app_options(
     pass
 
 
-@dataclass
-class Planned:
-    """An experiment as `run` would sweep it: the resolved config, the data directory (None: the hub)
-    and its trials."""
-
-    exp: ExperimentConfig
-    data_path: Path | None
-    trials: list[Trial]
-    # the data files (content hashes) and hub datasets (fingerprints) the tasks read, as
-    # tasks.base.track_data_reads records them; empty for a dry run, which reads no data
-    data_reads: dict[str, str] = field(default_factory=dict)
-
-
-def plan_run(config: Path, data_dir: str | None = None, methods: str | None = None, seeds: str | None = None,
-             max_train_examples: int | None = None, max_eval_examples: int | None = None,
-             tasks: str | None = None, model: str | None = None, check_data: bool = True,
-             device: str | None = None, check_devices: bool = True) -> Planned:
-    """The trials of ``pefteval run CONFIG`` with its command-line options; `run` and `run --dry-run` both
-    plan here, so their trials (and keys) are the same. ``check_data`` loads every task's data first
-    (missing or malformed data is an error before anything trains); the dry run skips it."""
-    # imported here, not at the top: keeps --help and list free of torch
-    from pefteval.config import load_config, parse_config
-    from pefteval.device import resolve_device
-    from pefteval.models import check_model, model_depth
-    from pefteval.plan import drop_clipped_duplicates, plan_trials
-    from pefteval.tasks import resolve_data_dir
-
-    exp = load_config(config)
-    raw = exp.model_dump(exclude_unset=True, mode="json")
-    if model:
-        raw["model"] = model
-    if tasks:
-        raw["tasks"] = _csv_list(tasks, "--tasks")
-    if seeds:  # validated as the config's seeds are: distinct, in range
-        raw["seeds"] = _csv_list(seeds, "--seeds", int)
-    if device:  # on every method: a per-method training.device is overridden too
-        raw.setdefault("training", {})["device"] = device
-        for method in raw.get("methods", []):
-            if isinstance(method.get("training"), dict):
-                method["training"].pop("device", None)
-    # command-line limits apply to every task, overriding per-task settings
-    for section in [raw.setdefault("data", {}), *raw.get("task_data", {}).values()]:
-        if max_train_examples:
-            section["max_train_examples"] = max_train_examples
-        if max_eval_examples:
-            section["max_eval_examples"] = max_eval_examples
-    exp = parse_config(raw, f"{config} (with command-line overrides)")
-    data_path = resolve_data_dir(data_dir)
-    check_model(exp.model)
-    if any(getattr(m, "top_k_layers", None) for m in exp.methods):
-        exp, notices = drop_clipped_duplicates(exp, model_depth(exp.model))
-        for notice in notices:
-            typer.echo(f"notice: {notice}", err=True)
-    reads = _check_task_data(exp, data_path) if check_data else {}
-    trials = plan_trials(exp, "local" if data_path else "hub", _csv_list(methods, "--methods"))
-    for name in sorted({t.resolved.training.device for t in trials}) if check_devices else []:
-        resolve_device(name)  # a device that is not here is an error before anything trains
-    return Planned(exp, data_path, trials, reads)
-
-
-def _check_task_data(exp: ExperimentConfig, data_path: Path | None) -> dict[str, str]:
-    """Load every task's data, so that missing or malformed data is an error before any training
-    starts; returns what was read (see Planned.data_reads)."""
-    from pefteval.tasks import get_task
-    from pefteval.tasks.base import track_data_reads
-
-    with track_data_reads() as reads:
-        for task in exp.tasks:
-            # the task's full data (a k-shot sample is drawn from it per trial)
-            splits = get_task(task).splits(data_path, exp.data_for(task).model_copy(update={"k_shot": None}), 0)
-            if len(splits.train) < 2:
-                raise UserError(f"task {task}: only {len(splits.train)} training example(s); "
-                                "raise --max-train-examples")
-    return dict(reads)
-
-
-def format_plan_line(trial: Trial) -> str:
-    """One line of ``run --dry-run``: key, task (``@k=N`` for a k-shot trial), method, seed, grid point."""
-    hp = trial.config["training"]
-    task = trial.task if trial.k_shot is None else f"{trial.task}@k={trial.k_shot}"
-    return (f"{trial.key} {task} {trial.method} seed={trial.seed} "
-            f"lr={hp['lr']:g} warmup_ratio={hp['warmup_ratio']:g} batch_size={hp['batch_size']}")
-
-
-def _dry_run(planned: Planned, out: Path | None) -> None:
-    """Print the planned trials and how many OUT already holds as complete; trains and writes nothing."""
-    for trial in planned.trials:
-        typer.echo(format_plan_line(trial))
-    count = f"{len(planned.trials)} trial(s) planned"
-    store_path = out / "results.sqlite" if out is not None else None
-    if store_path is not None and store_path.is_file():
-        from pefteval.store import ResultStore
-
-        with ResultStore(store_path, read_only=True) as store:
-            done = store.complete_keys()
-        count += f", {sum(1 for t in planned.trials if t.key in done)} already complete in {out}"
-    typer.echo(count)
+def _include_path_option() -> Any:
+    return typer.Option(None, "--include-path", help="a folder of task definitions of your own (YAML files; "
+                        "docs/tasks.md); repeat it for several folders")
 
 
 @app.command()
@@ -151,6 +52,7 @@ def run(
     max_eval_examples: Optional[int] = typer.Option(None, "--max-eval-examples", min=1),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="override the tasks, e.g. sst2,rte"),
     model: Optional[str] = typer.Option(None, "--model", help="override the model (alias, directory or hub id)"),
+    include_path: Optional[list[Path]] = _include_path_option(),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the planned trials (key, task, method, seed, "
                                  "grid point) and how many OUT already holds; train, load and write nothing"),
     accept_data_change: bool = typer.Option(False, "--accept-data-change", help="retrain here, on the current "
@@ -172,92 +74,50 @@ def run(
     jobs: int = typer.Option(1, "--jobs", min=1, help="trials at once on this machine, each in its own process: "
                              "with GPUs each sees resources.gpus_per_trial of them (default 1), on CPU the cores "
                              "are split between them (unless --threads)"),
+    track: Optional[list[str]] = typer.Option(None, "--track", help="experiment trackers, replacing the config's "
+                                              "tracking.trackers: tensorboard, mlflow, wandb (repeat the option "
+                                              "or separate by commas; none: no tracker); see docs/tracking.md"),
 ) -> None:
     """Train and evaluate every trial of an experiment not already in OUT, then print the report."""
-    if out is None and not dry_run:
-        raise UserError("missing option --out DIR: the results directory (only --dry-run runs without it)")
-    if out is not None and not dry_run:
-        _check_out(out)
-    settings = None
-    if accelerate_config is not None:
-        from pefteval.distributed import check_accelerate_config
+    from pefteval.api import run as run_experiment
 
-        settings = check_accelerate_config(accelerate_config)
-    planned = plan_run(config, data_dir, methods, seeds, max_train_examples, max_eval_examples, tasks, model,
-                       check_data=not dry_run, device=device)
-    if settings is not None and accelerate_config is not None:
-        from pefteval.distributed import check_trials_for
-
-        check_trials_for(settings, accelerate_config, [t.resolved for t in planned.trials])
-    if dry_run:
-        _dry_run(planned, out)
+    stop_on_interrupt()  # Ctrl-C stops the sweep, even where SIGINT was inherited ignored
+    summary = run_experiment(config, out, data_dir=data_dir, methods=methods, seeds=seeds,
+                             max_train_examples=max_train_examples, max_eval_examples=max_eval_examples,
+                             tasks=tasks, model=model, include_path=include_path, dry_run=dry_run,
+                             accept_data_change=accept_data_change, device=device, threads=threads,
+                             num_processes=num_processes, accelerate_config=accelerate_config, executor=executor,
+                             ray_address=ray_address, jobs=jobs, track=track)
+    if summary.dry_run:
+        for line in summary.plan:
+            typer.echo(line)
+        done = f", {summary.already_complete} already complete in {out}" if out is not None and (
+            out / "results.sqlite").is_file() else ""
+        typer.echo(f"{summary.planned} trial(s) planned{done}")
         return
-    assert out is not None
-    # imported here, not at the top: keeps --help and list free of torch
-    from pefteval.files import atomic_write_text, check_writable, make_dir
-    from pefteval.lock import ResultsLock
-    from pefteval.store import ResultStore
-    from pefteval.sweep import Launch, check_jobs, run_trials
-
-    exp, data_path, trials = planned.exp, planned.data_path, planned.trials
-    launch = Launch(num_processes, accelerate_config)
-    if executor not in ("local", "ray"):
-        raise UserError(f"--executor {executor!r}: choose local or ray")
-    if ray_address is not None and executor != "ray":
-        raise UserError("--ray-address needs --executor ray")
-    if executor == "local":
-        check_jobs(jobs, launch, exp.resources.gpus_per_trial)  # enough GPUs, before anything is written
-        ray = None
-    else:
-        from pefteval.ray_executor import RayExecutor
-
-        resources = exp.resources
-        gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else (
-            (num_processes if launch.distributed else 1) if _has_gpus() else 0)
-        ray = RayExecutor(ray_address, resources.cpus_per_trial or num_processes, gpus, resources.memory_gb_per_trial)
-    if (out / "results.sqlite").exists():  # a corrupt store stops the run before anything is written
-        ResultStore(out / "results.sqlite", read_only=True).close()
-    make_dir(out)
-    check_writable(out)
-    # one sweep per results directory: held until this process exits, however it exits
-    with ResultsLock(out) as lock:
-        if lock.takeover_note():
-            typer.echo(lock.takeover_note(), err=True)
-        atomic_write_text(out / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
-        typer.echo(f"{exp.name}: {len(trials)} trial(s) planned ({exp.model}; tasks {', '.join(exp.tasks)}); "
-                   f"results in {out}", err=True)
-        summary = run_trials(trials, out, data_path, exp.name, analysis=exp.analyses.model_dump(),
-                             data_reads=planned.data_reads, accept_data_change=accept_data_change,
-                             threads=threads if threads is not None else (
-                                 exp.resources.cpus_per_trial or (ray.cpus if ray is not None else None)),
-                             launch=launch, jobs=jobs, gpus_per_trial=exp.resources.gpus_per_trial,
-                             executor=ray)
-        if ray is not None:
-            ray.close()
-        if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
-            typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
-                       "command again to resume", err=True)
-            raise typer.Exit(130)
-        typer.echo(f"ran {summary.completed} trial(s), skipped {summary.skipped} already complete, "
-                   f"{len(summary.failed)} failed", err=True)
-        for trial, error in summary.failed:
-            typer.echo(f"  failed: {trial.describe()}: {error}", err=True)
-        _run_analyses(out, exp.analyses.run)
-        try:
-            _write_report(out, "markdown", echo=True)
-            _write_report(out, "html")
-        except UserError as err:  # nothing complete yet, or no space for the report: say so, keep the sweep's status
-            typer.echo(f"no report: {err}", err=True)
-        if summary.failed:
-            raise typer.Exit(1)
+    if summary.interrupted:  # one line: Ctrl-C means stop now, so no analyses and no report either
+        typer.echo(f"interrupted: finished trials are saved ({summary.completed} in this run); run the same "
+                   "command again to resume", err=True)
+        raise typer.Exit(130)
+    if summary.report is not None:
+        typer.echo(summary.report, nl=False)
+    if summary.report_error is not None:  # nothing complete yet, or no space for the report: keep the status
+        saved = " (it is above)" if summary.report is not None else ""
+        typer.echo(f"no report: {summary.report_error}{saved}", err=True)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 @user_errors
-def status(out: Path = typer.Argument(..., help="a results directory of `pefteval run`")) -> None:
+def status(out: Path = typer.Argument(..., help="a results directory of `pefteval run`"),
+           include_path: Optional[list[Path]] = _include_path_option()) -> None:
     """Where the sweep in OUT stands: planned, complete, failed, running (which, where, for how long),
     remaining and the time left. Reads without the directory's lock, while a run goes on."""
+    from pefteval.api import plan_run, register_tasks
     from pefteval.status import check_results_dir, sweep_status
+
+    register_tasks(include_path, check_results_dir(out))  # and experiment.yaml's include_path
 
     # planned as `run` plans (the same keys), on whatever device this machine has
     exp = plan_run(check_results_dir(out), check_data=False, check_devices=False).exp
@@ -265,81 +125,25 @@ def status(out: Path = typer.Argument(..., help="a results directory of `pefteva
         typer.echo(line)
 
 
-def _has_gpus() -> bool:
-    from pefteval.sweep import visible_gpus
+@app.command()
+@user_errors
+def export(
+    out: Path = typer.Argument(..., help="a results directory of `pefteval run`"),
+    trial: str = typer.Option(..., "--trial", help="the trial's key (or a unique prefix of it), as "
+                              "`pefteval status` and runs/<...>__KEY name it"),
+    to: Path = typer.Option(..., "--to", help="the directory to write (absent or empty)"),
+    merge: bool = typer.Option(False, "--merge", help="write a whole model: the adapter merged into the base "
+                               "weights (BitFit's biases put in); without it a peft trial's adapter is exported "
+                               "as an adapter"),
+) -> None:
+    """Write a finished trial's trained model to DIR, loadable without pefteval: a peft adapter
+    (PeftModel.from_pretrained), or a whole model (AutoModelFor...from_pretrained) with --merge or for
+    FFT trials."""
+    from pefteval.export import export_trial
 
-    return bool(visible_gpus())
-
-
-def _check_out(out: Path) -> None:
-    """--out must be a directory pefteval can create or write in; checked before anything is planned,
-    without creating it (a run that stops on a user error leaves no directory behind)."""
-    from pefteval.files import check_out_dir
-
-    check_out_dir(out)
-
-
-def _run_analyses(out: Path, names: list[str]) -> None:
-    """The experiment's ``analyses``; one that cannot run says why and the others still run."""
-    # imported here, not at the top: keeps --help and list free of torch
-    from pefteval.analysis import run_analysis
-
-    for name in names:
-        try:
-            result = run_analysis(name, out)
-            typer.echo(f"analysis {name}: {out / 'analysis' / name}.md ({result.seconds:.1f} s)", err=True)
-        except UserError as err:
-            typer.echo(f"analysis {name} skipped: {err}", err=True)
-        except Exception as err:  # noqa: BLE001 - the sweep's results and report must still be written
-            typer.echo(f"analysis {name} failed ({type(err).__name__}: {err}); the results are unaffected, "
-                       f"rerun it with `pefteval analyze {name} {out}`", err=True)
-
-
-def _write_report(out: Path, fmt: str, echo: bool = False, echo_if_unsaved: bool = False) -> str:
-    """Build the report of OUT in ``fmt`` and save it (report.md, .csv, .tex or .html, and the scaling
-    figures). With ``echo`` the text is printed first, so that a directory that cannot take the files
-    (read-only, full) still gets its report on stdout before the error says where it could not write;
-    ``echo_if_unsaved`` prints it only then."""
-    # imported here, not at the top: keeps --help and list free of torch
-    from pefteval.errors import OutputError
-    from pefteval.files import atomic_write_text
-    from pefteval.report import build_table, render
-    from pefteval.store import ResultStore
-
-    path = out / "results.sqlite"
-    with ResultStore(path, read_only=True) as store:
-        records = list(store.records())
-        failed = sum(1 for _ in store.records("failed"))
-    if not records:
-        raise UserError(f"{path} holds no complete trials yet")
-    table = build_table(records, failed)
-    if fmt == "html":
-        from pefteval.report.html import render_html
-
-        text = render_html(out, render(table, "markdown"), records)
-    else:
-        text = render(table, fmt)
-    if echo:
-        typer.echo(text, nl=False)
-    suffix = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
-    try:
-        atomic_write_text(out / f"report.{suffix}", text)
-        if table.scaling is not None:
-            from pefteval.report.scaling import plot_scaling
-
-            plot_scaling(table.scaling, out / "scaling.png")
-        if table.data_scaling is not None:
-            from pefteval.report.datascaling import plot_data_scaling
-
-            plot_data_scaling(table.data_scaling, out / "data_scaling.png")
-    except OutputError as err:
-        if echo_if_unsaved and not echo:
-            typer.echo(text, nl=False)
-            echo = True
-        where = "above" if echo else "not saved"
-        raise OutputError(f"{err}; the report is {where}: pass a writable results directory to keep it "
-                          "(or redirect the output to a file)") from None
-    return text
+    written = export_trial(out, trial, to, merge)
+    typer.echo(f"exported trial {written['key']} as a {written['format']} to {written['path']} "
+               f"({len(written['files'])} files)")
 
 
 @app.command()
@@ -348,17 +152,30 @@ def report(
     out: Path = typer.Argument(..., help="results directory of `pefteval run`"),
     fmt: str = typer.Option("markdown", "--format", help="markdown, csv, latex or html (one self-contained page "
                             "with the tables, the computed analyses and their figures)"),
+    include_path: Optional[list[Path]] = _include_path_option(),
 ) -> None:
     """Rebuild the comparison table from OUT/results.sqlite (no retraining)."""
-    from pefteval.report import FORMATS
+    from pefteval.api import register_tasks
+    from pefteval.errors import OutputError
+    from pefteval.reporting.save import REPORT_FORMATS, UnsavedReport, write_report
 
-    if fmt not in (*FORMATS, "html"):
-        raise UserError(f"--format {fmt!r}: choose one of {', '.join((*FORMATS, 'html'))}")
+    if fmt not in REPORT_FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(REPORT_FORMATS)}")
+    register_tasks(include_path)
+    # the text is printed before it is saved, so that a directory that cannot take the file (read-only,
+    # full) still gets its report on stdout; an HTML page is printed only when it could not be saved
+    try:
+        text = write_report(out, fmt, save=False)
+        if fmt != "html":
+            typer.echo(text, nl=False)
+        write_report(out, fmt)
+    except UnsavedReport as err:
+        if fmt == "html":
+            typer.echo(err.text, nl=False)
+        raise OutputError(f"{err}; the report is above: pass a writable results directory to keep it (or "
+                          "redirect the output to a file)") from None
     if fmt == "html":
-        text = _write_report(out, fmt, echo_if_unsaved=True)
         typer.echo(f"wrote {out / 'report.html'} ({len(text) / 1024:.0f} KiB, images embedded)")
-    else:
-        _write_report(out, fmt, echo=True)
 
 
 @app.command()
@@ -369,10 +186,14 @@ def analyze(
     module: Optional[str] = typer.Option(None, "--module", help="increments: regular expression on module names "
                                          "(default: the last block's query projection)"),
     fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
+    include_path: Optional[list[Path]] = _include_path_option(),
 ) -> None:
     """Weight-space diagnostics of OUT's trained models (no retraining); figures and tables go to OUT/analysis/."""
     # imported here, not at the top: keeps --help and list free of torch
     from pefteval.analysis import run_analysis
+    from pefteval.tasks.user import register_include_paths
+
+    register_include_paths(include_path or [])
 
     if fmt not in ("markdown", "csv"):
         raise UserError(f"--format {fmt!r}: choose markdown or csv")
@@ -384,13 +205,17 @@ def analyze(
 
 
 @app.command("list")
-def list_all() -> None:
-    """Model aliases, tasks (with adversarial splits) and methods."""
+@user_errors
+def list_all(include_path: Optional[list[Path]] = _include_path_option()) -> None:
+    """Model aliases, tasks (with adversarial splits; with --include-path, those of your own) and methods."""
     # imported here, not at the top: keeps --help and list free of torch (the task registry and the
     # method help are torch-free)
     from pefteval.config import METHOD_HELP
     from pefteval.models import ALIASES
     from pefteval.tasks import TASKS
+    from pefteval.tasks.user import USER_TASKS, register_include_paths
+
+    register_include_paths(include_path or [])
 
     typer.echo("Models (packaged aliases; any hub id or local directory also works):")
     for name, alias in ALIASES.items():
@@ -404,6 +229,8 @@ def list_all() -> None:
             facts.append("decoder generation")
         if task.fewshot is not None:
             facts.append("few-shot with data.k_shot")
+        if name in USER_TASKS:
+            facts.append(f"from {USER_TASKS[name].directory}")
         typer.echo(f"  {name:<14} {task.help}" + (f" [{'; '.join(facts)}]" if facts else ""))
     typer.echo("\nMethods:")
     for name, text in METHOD_HELP.items():

@@ -61,7 +61,7 @@ def generate(
         raise UserError(f"--attack {attack!r}: choose one of {', '.join(ATTACKS)}")
     if attack not in MODEL_FREE and model is None:
         raise UserError(f"{attack} searches against a trained model: pass --model RUN_DIR, the run directory of a "
-                        "finished SQuAD trial (saved with save_weights: true)")
+                        "finished SQuAD trial whose weights were kept (save_weights: all, or selected)")
     scorer = None
     if attack not in MODEL_FREE:
         from pefteval.kinds import load_run_predictor

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from pefteval.api import _csv_list  # noqa: F401 - the commands' comma-separated options
 from pefteval.errors import UserError
 
 # -h works as --help on the app and on every command
@@ -28,15 +29,3 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def _csv_list(value: str | None, what: str, cast: Callable[[str], Any] = str) -> list[Any] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise UserError(f"{what}: give a comma-separated list")
-    try:
-        return [cast(v) for v in items]
-    except ValueError:
-        raise UserError(f"{what}: {value!r} is not a comma-separated list of {cast.__name__}s") from None

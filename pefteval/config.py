@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -417,6 +418,94 @@ class ResourcesConfig(_Strict):
     memory_gb_per_trial: Optional[Float] = Field(None, gt=0)
 
 
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
+
+
+class TensorBoardTracking(_Strict):
+    """TensorBoard event files, one directory per trial."""
+
+    log_dir: Optional[str] = Field(None, description="where the trials' run directories go (a relative path is "
+                                   "under OUT); default OUT/tensorboard")
+
+
+class MlflowTracking(_Strict):
+    """An MLflow tracking store; credentials come from the environment only (MLFLOW_TRACKING_TOKEN,
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD), never from the config."""
+
+    tracking_uri: Optional[str] = Field(None, description="sqlite:///PATH, http(s)://HOST or any MLflow "
+                                        "tracking URI; default sqlite:///OUT/mlflow.db")
+    experiment_name: Optional[str] = Field(None, description="default: the experiment's name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        # the config is copied to OUT/experiment.yaml: a secret in it would be written to disk
+        if uri is not None and "://" in uri and urlsplit(uri).password is not None:
+            raise ValueError("the tracking URI holds a password, which would be written to OUT/experiment.yaml; "
+                             "remove it and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                             "MLFLOW_TRACKING_TOKEN) in the environment")
+        return uri
+
+
+class WandbTracking(_Strict):
+    """Weights & Biases; offline by default (``wandb sync`` uploads later). An API key comes from the
+    environment only (WANDB_API_KEY, or ``wandb login``)."""
+
+    project: Optional[str] = Field(None, description="default: the experiment's name")
+    entity: Optional[str] = None
+    mode: Literal["offline", "online"] = "offline"
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers the sweep feeds (pefteval/tracking.py): one tracker run per trial. Not part
+    of any trial's identity: changing them never reruns a trial. A plain list (``tracking:
+    [tensorboard, mlflow]``) sets ``trackers``."""
+
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    log_every_steps: Int = Field(1, ge=1, description="the training loss of every N-th optimiser step")
+    tensorboard: TensorBoardTracking = Field(default_factory=TensorBoardTracking)
+    mlflow: MlflowTracking = Field(default_factory=MlflowTracking)
+    wandb: WandbTracking = Field(default_factory=WandbTracking)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_form(cls, value: Any) -> Any:
+        return {"trackers": value} if isinstance(value, (list, str)) else value
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _one_name_or_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("trackers")
+    @classmethod
+    def _distinct_trackers(cls, trackers: list[str]) -> list[str]:
+        if len(set(trackers)) != len(trackers):
+            raise ValueError("each tracker once")
+        return trackers
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+IncludePaths = Annotated[list[str], BeforeValidator(_one_or_list)]
+
+
+def _unknown_task(task: str) -> str:
+    return (f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}. A task of your own "
+            "needs the folder of its definition in include_path (or --include-path DIR)")
+
+
+def resolve_include_paths(value: Any, base: Path) -> Any:
+    """``include_path`` as a YAML file gives it (a path or a list of paths) with each relative path made
+    absolute against ``base``, the file's folder; anything else is left for validation to name."""
+    items = _one_or_list(value)
+    if not isinstance(items, list):
+        return value
+    return [str((base / Path(p).expanduser()).resolve()) if isinstance(p, str) else p for p in items]
+
+
 class ExperimentConfig(_Strict):
     name: str
     model: str
@@ -428,16 +517,33 @@ class ExperimentConfig(_Strict):
                                           f"{SEED_RULE}")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    save_weights: bool = True
+    save_weights: Literal["all", "selected", "none"] = Field(
+        "selected", description="which trials keep their trained weights (adapter/, model/, bitfit/): all; "
+        "selected (default): only the trials at each method and task's validation-selected grid point, once "
+        "every seed of every grid point of that group is complete; none. Increments and probes are always kept. "
+        "true and false mean all and none")
     analyses: AnalysisConfig = Field(default_factory=AnalysisConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # folders of task definitions of one's own (docs/tasks.md), relative to the YAML file's folder
+    # (load_config makes them absolute); their tasks are registered before a config is validated
+    include_path: IncludePaths = Field(default_factory=list)
+
+    @field_validator("save_weights", mode="before")
+    @classmethod
+    def _weights_policy(cls, value: Any) -> Any:
+        if value is True:
+            return "all"
+        if value is False:
+            return "none"
+        return value
 
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: list[str]) -> list[str]:
         for task in tasks:
             if task not in TASKS:
-                raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
+                raise ValueError(_unknown_task(task))
         return tasks
 
     @field_validator("seeds")
@@ -452,7 +558,7 @@ class ExperimentConfig(_Strict):
     def _known_task_data(cls, value: dict[str, Any]) -> dict[str, Any]:
         for task in value:
             if task not in TASKS:
-                raise ValueError(f"unknown task '{task}'{_suggest(task, TASKS)}; known tasks: {', '.join(TASKS)}")
+                raise ValueError(_unknown_task(task))
         return value
 
     @field_validator("methods")
@@ -545,9 +651,10 @@ def _unwrap(annotation: Any) -> list[Any]:
     return found
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the last element of a validation error location."""
-    current: type[BaseModel] = ExperimentConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The pydantic model that owns the last element of a validation error location under ``root``
+    (default: the experiment config)."""
+    current: type[BaseModel] = root or ExperimentConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -580,13 +687,20 @@ def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 _MESSAGES = {"finite_number": "must be a finite number, not inf or nan"}
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid experiment config"]
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None,
+                            what: str = "experiment config",
+                            line_of: Callable[[tuple[Any, ...]], int | None] | None = None) -> str:
+    """One line per error, each naming its YAML path. ``root`` is the model validated (default: the
+    experiment config), ``what`` names it; ``line_of`` gives the line of a path in the file, when known."""
+    lines = [f"{source}: invalid {what}"]
     for item in err.errors():
         loc = tuple(item["loc"])
         path = _format_loc(_strip_tags(loc))
+        line = line_of(_strip_tags(loc)) if line_of is not None else None
+        if line is not None:
+            path = f"line {line}, {path}"
         if item["type"] == "extra_forbidden":
-            owner = _model_at(loc)
+            owner = _model_at(loc, root)
             allowed = list(owner.model_fields) if owner else []
             field = str(loc[-1])
             hint = _suggest(field, allowed)
@@ -596,6 +710,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
                          f"allowed: {', '.join(METHOD_TYPES)}")
         elif item["type"] == "union_tag_not_found":
             lines.append(f"  {path}: a method needs a 'type' (one of {', '.join(METHOD_TYPES)})")
+        elif item["type"] == "missing":
+            lines.append(f"  {path}: required field missing; add it")
         else:
             msg = _MESSAGES.get(item["type"]) or item["msg"].removeprefix("Value error, ")
             lines.append(f"  {path}: {msg} (got {item.get('input')!r})")
@@ -623,6 +739,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(data, dict) and "include_path" in data:
+        data = {**data, "include_path": resolve_include_paths(data["include_path"], path.parent)}
     return parse_config(data, str(path))
 
 
@@ -669,6 +787,8 @@ class TrialConfig(_Strict):
     # set, so every trial that does not set them keeps the key it always had.
     threads: Optional[Int] = Field(None, ge=1, description="CPU threads (None: torch's default, all cores "
                                    "unless OMP_NUM_THREADS says otherwise)")
+    include_path: list[str] = Field(default_factory=list, description="folders of task definitions the trial "
+                                    "process registers before it runs (pefteval.tasks.user)")
 
     def identity(self) -> dict[str, Any]:
         data = self.data.model_dump()
@@ -694,7 +814,7 @@ class TrialConfig(_Strict):
         """What the sweep writes as ``trial.json``: the identity, with the runtime settings and the
         analysis options beside it (``from_json`` reads it back)."""
         return {**self.identity(), "training": self.training.model_dump(), "threads": self.threads,
-                "analysis": self.analysis.model_dump()}
+                "include_path": self.include_path, "analysis": self.analysis.model_dump()}
 
     @classmethod
     def from_json(cls, config: dict[str, Any]) -> TrialConfig:

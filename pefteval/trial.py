@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ import torch
 from torch import nn
 
 from pefteval.analysis.capture import finish_trial
+from pefteval.artifacts import save_trained
 from pefteval.config import TrialConfig
 from pefteval.device import Placement, peak_memory, reset_peak_memory
 from pefteval.distributed import Dist
 from pefteval.evaluation import Evaluator
-from pefteval.files import save_tensors
 from pefteval.kinds import Predictor, apply_for_kind, load_base, load_placed, prepare
 from pefteval.methods import load_trainable_state
 from pefteval.record import complete_record
@@ -103,12 +104,16 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     if not dist.is_main:
         return record
     probe = kind.probe(splits.validation, trial.analysis.probe_examples)
+
+    def save(trained_model: nn.Module, into: Path) -> None:
+        save_trained(trained_model, into, trial.method.type, kind.tokenizer, source)
+
     if not dist.partitioned:
-        return finish(record, trial, model, run_dir, probe, rng_state, progress)
+        return finish(record, trial, model, run_dir, probe, rng_state, progress, save)
     with dist.loading_whole(always=True):  # the main process alone: no model may load partitioned
         if trial.save_weights or trial.analysis.capture:
             model = unsharded_copy(trial, rng_state, trained)
-        return finish(record, trial, model, run_dir, probe, rng_state, progress)
+        return finish(record, trial, model, run_dir, probe, rng_state, progress, save)
 
 
 def unsharded_copy(trial: TrialConfig, rng_state: torch.Tensor, trained: dict[str, torch.Tensor]) -> nn.Module:
@@ -122,16 +127,12 @@ def unsharded_copy(trial: TrialConfig, rng_state: torch.Tensor, trained: dict[st
 
 
 def finish(record: dict[str, Any], trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Any,
-           rng_state: torch.Tensor, progress: ProgressFn | None) -> dict[str, Any]:
-    """Save the trained tensors and what the weight analyses read. A trial is complete only when
-    everything it promises is on disk: a failure here (a full disk: OutputError naming the file)
-    fails the trial, and the sweep redoes it on the next run."""
+           rng_state: torch.Tensor, progress: ProgressFn | None,
+           save: Callable[[nn.Module, Path], None]) -> dict[str, Any]:
+    """Save the trained weights (``save``: pefteval.artifacts' formats) and what the weight analyses
+    read. A trial is complete only when everything it promises is on disk: a failure here (a full
+    disk: OutputError naming the file) fails the trial, and the sweep redoes it on the next run."""
     if progress is not None:
         progress({"event": "analyse"})
-    record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save_trainable)
+    record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save)
     return record
-
-
-def save_trainable(model: nn.Module, run_dir: Path) -> None:
-    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_tensors(state, run_dir / "trainable.safetensors")

@@ -143,6 +143,7 @@ def _run(run_dir: Path, data_dir: Path | None, emit: Any, distributed: bool) -> 
     from pefteval.provenance import data_fingerprint, files_manifest
     from pefteval.record import peak_rss_mb
     from pefteval.tasks.base import track_data_reads
+    from pefteval.tasks.user import register_include_paths
     from pefteval.trial import run_trial
 
     def failed(error: str) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def _run(run_dir: Path, data_dir: Path | None, emit: Any, distributed: bool) -> 
     dist = Dist(rank=int(os.environ.get("RANK", "0"))) if distributed else Dist()
     try:
         trial = TrialConfig.from_json(written)
+        register_include_paths(trial.include_path)  # the folder of a user task's definition (docs/tasks.md)
         if trial.threads is not None:
             torch.set_num_threads(trial.threads)
         if distributed:

@@ -187,7 +187,7 @@ def dry_run_lines(proc) -> tuple[list[str], str]:
 
 
 def test_dry_run_quickstart_matches_plan_trials(cli, tmp_path):
-    from pefteval.cli import format_plan_line
+    from pefteval.api import format_plan_line
     from pefteval.config import load_config
     from pefteval.plan import plan_trials
 
@@ -247,7 +247,7 @@ def test_dry_run_shows_k_shot(cli, tmp_path):
 
 
 def test_format_plan_line(tmp_path):
-    from pefteval.cli import format_plan_line
+    from pefteval.api import format_plan_line
     from pefteval.config import load_config
     from pefteval.plan import plan_trials
 

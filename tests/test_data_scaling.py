@@ -11,8 +11,8 @@ import yaml
 
 from pefteval.config import parse_config
 from pefteval.plan import plan_trials, trial_key
-from pefteval.report import build_table, render_csv, render_markdown
-from pefteval.report.datascaling import plot_data_scaling
+from pefteval.reporting import build_table, render_csv, render_markdown
+from pefteval.reporting.datascaling import plot_data_scaling
 from pefteval.tasks import Example
 from pefteval.tasks.fewshot import fewshot_samples
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+
+from pefteval.artifacts import saved_tensors
 
 from .conftest import DATA_DIR, run_cli, write_sst2_layout
 
@@ -78,8 +79,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
     assert two["metrics"] == one["metrics"]
     assert two["train_examples"] == one["train_examples"] == 65
-    weights_one = load_file(one_dir / "trainable.safetensors")
-    weights_two = load_file(two_dir / "trainable.safetensors")
+    weights_one = saved_tensors(one_dir)
+    weights_two = saved_tensors(two_dir)
     assert set(weights_one) == set(weights_two)
     worst = max(float((weights_one[k] - weights_two[k]).abs().max()) for k in weights_one)
     assert worst < 1e-4, worst
@@ -186,8 +187,8 @@ def test_deepspeed_on_two_processes_matches_one(tmp_path, no_dropout_bert, tiny_
     for a, b in zip(one["curve"], two["curve"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-6)
     assert two["metrics"] == one["metrics"]
-    weights_one = load_file(one_dir / "trainable.safetensors")
-    weights_two = load_file(two_dir / "trainable.safetensors")
+    weights_one = saved_tensors(one_dir)
+    weights_two = saved_tensors(two_dir)
     assert {k: v.shape for k, v in weights_two.items()} == {k: v.shape for k, v in weights_one.items()}
     worst = max(float((weights_one[k] - weights_two[k]).abs().max()) for k in weights_one)
     assert worst < 1e-4, worst

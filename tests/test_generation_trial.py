@@ -43,7 +43,9 @@ def test_score_generation_per_task(tmp_path):
     import sqlite3
 
     gsm = [GenExample("1", "p", "... #### 72", {"gold": "72"}), GenExample("2", "p", "#### 10", {"gold": "10"})]
-    assert score_generation("gsm8k", ["so 72 clips\n#### 72", "I think 11"], gsm) == {"accuracy": 0.5, "n": 2}
+    assert score_generation("gsm8k", ["so 72 clips\n#### 72", "I think 11"], gsm) == {
+        "accuracy": 0.5, "lm_eval_strict_match": 0.5, "lm_eval_flexible_extract": 0.5, "gsm8k_extract_answer": 0.5,
+        "n": 2}
     golds = ["inform(name[Dirt], genres[driving/racing, sport])", "request(release_year[2014])"]
     viggo = [GenExample(str(i), "p", g) for i, g in enumerate(golds)]
     m = score_generation("viggo", ["inform(genres[sport, driving/racing], name[Dirt])", "request(rating[good])"],

@@ -129,11 +129,13 @@ def _captured(run_dir: Path) -> dict:
     """What the analyses read: each increment's Frobenius norm, and the probe's tensors (shape, sum)."""
     from safetensors.torch import load_file
 
+    from pefteval.kinds import rebuild
+
     stats = json.loads((run_dir / "increments.json").read_text())["modules"]
     probe = load_file(str(run_dir / "probe.safetensors"))
     return {"increments": {name: round(s["fro"], 6) for name, s in stats.items()},
             "probe": {name: [list(t.shape), int(t.long().sum())] for name, t in probe.items()},
-            "trainable": sorted(load_file(str(run_dir / "trainable.safetensors")))}
+            "trainable": sorted(n for n, p in rebuild(run_dir)[0].named_parameters() if p.requires_grad)}
 
 
 @pytest.mark.integration

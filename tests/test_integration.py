@@ -108,7 +108,7 @@ def test_minilm_records(minilm_run):
 
 
 def test_minilm_run_dirs(minilm_run):
-    from safetensors.torch import load_file
+    from pefteval.artifacts import saved_tensors
 
     _, out, proc = minilm_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,11 +123,15 @@ def test_minilm_run_dirs(minilm_run):
         stored = by_key[trial["key"]]
         assert stored["run_dir"] == f"runs/{run_dir.name}"
         assert result["metrics"] == stored["metrics"]
-        weights = load_file(str(run_dir / "trainable.safetensors"))
+        weights = saved_tensors(run_dir)
         assert sum(t.numel() for t in weights.values()) == stored["params"]["trainable"]
         assert not list(run_dir.glob(".*.tmp"))
-    lora = load_file(str(next(d for d in run_dirs if "__lora__" in d.name) / "trainable.safetensors"))
+    lora_dir = next(d for d in run_dirs if "__lora__" in d.name)
+    lora = saved_tensors(lora_dir)
     assert sum("lora_A" in n for n in lora) == 12 and any("classifier" in n for n in lora)
+    assert (lora_dir / "adapter" / "adapter_config.json").is_file()
+    fft_dir = next(d for d in run_dirs if "__fft__" in d.name)
+    assert (fft_dir / "model" / "config.json").is_file() and (fft_dir / "model" / "model.safetensors").is_file()
 
 
 def test_minilm_report_markdown(minilm_run):
@@ -293,8 +297,8 @@ def test_all_methods_on_tiny_model(tmp_path, tiny_bert_dir):
     assert {m: r["params"]["trainable"] for m, r in recs.items()} == expected
     for rec in recs.values():
         assert rec["train_examples"] == 32
-        weights = Path(out / rec["run_dir"] / "trainable.safetensors")
-        assert weights.is_file()
+        entry = {"fft": "model", "bitfit": "bitfit"}.get(rec["config"]["method"]["type"], "adapter")
+        assert (out / rec["run_dir"] / entry).is_dir()
     report = (out / "report.md").read_text()
     assert list(table_lines(report)) == methods
     assert "1 trial(s) failed" in report

@@ -12,7 +12,7 @@ import pytest
 
 from pefteval.config import parse_config
 from pefteval.plan import plan_trials
-from pefteval.report import build_table, render
+from pefteval.reporting import build_table, render
 from pefteval.tasks import TASKS, Example, Task, TaskSplits, hold_out_validation, register
 from pefteval.tasks.base import score_accuracy, shuffled
 from pefteval.trial import run_trial

@@ -324,8 +324,8 @@ def qa_record(method, seed, f1, worst, trainable, mtype=None, **method_cfg):
 
 
 def test_qa_report_table_worst_case_and_scaling(tmp_path):
-    from pefteval.report import build_table, render_csv, render_markdown
-    from pefteval.report.scaling import plot_scaling
+    from pefteval.reporting import build_table, render_csv, render_markdown
+    from pefteval.reporting.scaling import plot_scaling
 
     recs = [qa_record("fft", 0, 0.60, 0.30, 1000), qa_record("fft", 1, 0.70, 0.40, 1000),
             qa_record("fft_top1", 0, 0.50, 0.20, 300, mtype="fft", top_k_layers=1),

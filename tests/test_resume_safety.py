@@ -130,7 +130,7 @@ def test_a_full_disk_fails_the_trial_and_a_rerun_redoes_it(mounts, tmp_path, tin
     assert "Traceback" not in proc.stderr
     fft_dir = next((out / "runs").glob("sst2__fft__*"))
     assert (f"[trial 1/2] FAILED: OutputError: no space left on device while writing "
-            f"{fft_dir}/trainable.safetensors") in proc.stderr
+            f"{fft_dir}/model") in proc.stderr
     assert "ran 1 trial(s), skipped 0 already complete, 1 failed" in proc.stderr
     rows = store_rows(out)
     assert rows["fft"][0] == "failed" and rows["lora"][0] == "complete"
@@ -139,15 +139,17 @@ def test_a_full_disk_fails_the_trial_and_a_rerun_redoes_it(mounts, tmp_path, tin
     assert tmp_files(out) == []
     lora_dir = next((out / "runs").glob("sst2__lora__*"))
     lora_result = (lora_dir / "result.json").stat().st_mtime_ns
-    assert set(rows["lora"][1]["files"]) >= {"trainable.safetensors", "predictions.json", "increments.json"}
+    assert set(rows["lora"][1]["files"]) >= {"adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                                             "predictions.json", "increments.json"}
 
     mounts.remount(disk, "size=20m")
     again = run_cli("run", cfg, "--out", out, "--data-dir", data)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "ran 1 trial(s), skipped 1 already complete, 0 failed" in again.stderr
     rows = store_rows(out)
-    assert rows["fft"][0] == "complete" and (fft_dir / "trainable.safetensors").is_file()
-    assert rows["fft"][1]["files"]["trainable.safetensors"] == (fft_dir / "trainable.safetensors").stat().st_size
+    weights = fft_dir / "model" / "model.safetensors"
+    assert rows["fft"][0] == "complete" and weights.is_file()
+    assert rows["fft"][1]["files"]["model/model.safetensors"] == weights.stat().st_size
     assert (lora_dir / "result.json").stat().st_mtime_ns == lora_result
 
 
@@ -207,14 +209,14 @@ def test_a_complete_trial_whose_files_are_gone_is_reported_and_redone(copy):
     lora_dir = next((out / "runs").glob("sst2__lora__*"))
     fft_dir = next((out / "runs").glob("sst2__fft__*"))
     shutil.rmtree(lora_dir)  # as another run's cleanup once did
-    (fft_dir / "trainable.safetensors").write_bytes(b"")  # truncated
+    (fft_dir / "model" / "model.safetensors").write_bytes(b"")  # truncated
     proc = run_cli("run", cfg, "--out", out, "--data-dir", data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"redoing lora on sst2, seed 0, lr 0.001, warmup 0.06, batch 16: complete in results.sqlite, but " \
            f"{lora_dir} lacks the whole directory" in proc.stderr
-    assert f"{fft_dir} lacks trainable.safetensors (now 0 bytes, written " in proc.stderr
+    assert f"{fft_dir} lacks model/model.safetensors (now 0 bytes, written " in proc.stderr
     assert "ran 2 trial(s), skipped 0 already complete, 0 failed" in proc.stderr
-    assert (lora_dir / "result.json").is_file() and (fft_dir / "trainable.safetensors").stat().st_size > 0
+    assert (lora_dir / "result.json").is_file() and (fft_dir / "model" / "model.safetensors").stat().st_size > 0
 
 
 def test_a_complete_trial_without_result_json_is_redone(copy):

@@ -14,7 +14,7 @@ from pefteval.errors import UserError
 from pefteval.files import atomic_write_json, atomic_write_text
 from pefteval.metrics import accuracy, mean_std
 from pefteval.plan import plan_trials, trial_key
-from pefteval.report import build_table, render, render_csv, render_latex, render_markdown
+from pefteval.reporting import build_table, render, render_csv, render_latex, render_markdown
 from pefteval.store import ResultStore
 
 TRAINING = {"epochs": 3, "warmup_ratio": 0.06, "batch_size": 32, "max_seq_length": 128, "precision": "bf16",

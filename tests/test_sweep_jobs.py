@@ -4,6 +4,7 @@ same thread count per trial, every trial in its own process, and GPU sets handed
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -122,3 +123,63 @@ def test_on_a_terminal_each_running_trial_has_a_line_above_a_sweep_line(tmp_path
     assert "\x1b[" in screen and "F\x1b[J" in screen  # cursor up and clear below: the block is redrawn
     assert screen.count("] done in ") == 2
     assert "ran 2 trial(s), skipped 0 already complete, 0 failed" in screen
+
+
+def redrawn_lines(screen: str) -> list[str]:
+    """Every line a terminal's progress display drew to be redrawn: the lines of each block (several
+    trials at once), which the next ``ESC[nF ESC[J`` clears (n its line count), and each line after
+    ``CR ESC[K`` that the next one overwrites (no newline after it: a final line ends with one)."""
+    screen = screen.replace("\r\n", "\n")  # the pty's own translation of a newline
+    pieces = re.split(r"\x1b\[(\d+)F\x1b\[J", screen)
+    lines = [line for text, count in zip(pieces[::2], pieces[1::2]) for line in text.split("\n")[:-1][-int(count):]]
+    lines += [piece for piece in screen.split("\r\x1b[K")[1:] if "\n" not in piece and "\x1b" not in piece]
+    return lines
+
+
+def _run_on_terminal(args: list[str], columns: int) -> str:
+    """``pefteval ARGS`` with stderr on a pseudo-terminal of ``columns`` columns; what it showed there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from .conftest import REPO_ROOT, cli_env
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = cli_env()
+    env.pop("COLUMNS", None)  # the terminal's own size, as on a user's terminal
+    proc = subprocess.Popen([sys.executable, "-m", "pefteval.cli", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed: the run is over
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=600) == 0, b"".join(chunks).decode(errors="replace")[-3000:]
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("columns", "jobs"), [(80, 1), (40, 2)], ids=["80-columns-one-line", "40-columns-block"])
+def test_redrawn_progress_lines_fit_the_terminal(tmp_path, tiny_bert_dir, columns, jobs):
+    data = write_sst2_layout(tmp_path / "data", n_train=32, n_dev=16, n_adv=8)
+    cfg = write_config(tmp_path / "exp.yaml", tiny_bert_dir)  # FFT and LoRA, seed 0
+    screen = _run_on_terminal(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(data),
+                               "--threads", "1", "--jobs", str(jobs)], columns)
+    live = redrawn_lines(screen)
+    assert any(re.match(r"\[(trial )?1/2\] .* left$", line) for line in live), live  # a step line, redrawn
+    if jobs > 1:
+        assert any(line.startswith("sweep: ") for line in live), live
+    too_wide = [line for line in live if len(line) >= columns]
+    assert not too_wide, too_wide
+    assert screen.count("] done in ") == 2  # the final lines are all there

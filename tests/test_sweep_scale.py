@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_report_and_status_over_9000_trials(tmp_path, tiny_bert_dir):
-    from pefteval.cli import plan_run
+    from pefteval.api import plan_run
     from pefteval.store import ResultStore
 
     data = write_sst2_layout(tmp_path / "data", n_train=32, n_dev=16, n_adv=8)

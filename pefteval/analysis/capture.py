@@ -1,6 +1,7 @@
 """What training saves for the analyses, and how an analysis gets a trained model back.
 
-At the end of every trial (``finish_trial``), next to ``trainable.safetensors``:
+At the end of every trial (``finish_trial``), next to the trained weights (``adapter/``, ``model/`` or
+``bitfit/``: see pefteval/artifacts.py):
 
 - ``increments.json``: summary statistics of the increment of every tensor the method changed
   (std, excess kurtosis, small-value share, Frobenius and spectral norm; singular values of
@@ -27,6 +28,7 @@ from torch import nn
 from pefteval.analysis.bound import measure_bound
 from pefteval.analysis.sensitivity import measure_sensitivity
 from pefteval.analysis.weights import default_module, increments, kind_of, module_of, tensor_stats
+from pefteval.artifacts import missing_weights_message, saved_entry
 from pefteval.config import TrialConfig
 from pefteval.errors import UserError
 from pefteval.files import atomic_write_json, make_dir, save_tensors
@@ -88,12 +90,16 @@ def finish_trial(trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Pro
 
 def load_trained(run_dir: Path) -> tuple[nn.Module, nn.Module, Probe, TrialConfig]:
     """A finished trial's trained model, its pretrained base and its probe, from the run directory."""
-    needed = [run_dir / "trial.json", run_dir / "trainable.safetensors", run_dir / "probe.safetensors"]
+    needed = [run_dir / "trial.json", run_dir / "probe.safetensors"]
     missing = [p.name for p in needed if not p.is_file()]
+    if saved_entry(run_dir) is None:
+        if (run_dir / "trial.json").is_file() and not missing:
+            raise UserError(missing_weights_message(run_dir))
+        missing.append("the trained weights")
     if missing:
         raise UserError(f"{run_dir} lacks {', '.join(missing)}: this analysis needs the trained weights and the "
                         "validation probe that `pefteval run` saves: run the experiment into a new --out directory "
-                        "with save_weights: true (complete trials are not retrained in place)")
+                        "with save_weights: all (complete trials are not retrained in place)")
     model, _kind, trial = rebuild(run_dir)
     base, _ = load_base(trial)
     return model, base, Probe.load(run_dir / "probe.safetensors"), trial

@@ -18,7 +18,7 @@ from pefteval.analysis.capture import load_trained
 from pefteval.analysis.results import AnalysisResult, Run, Section, cell
 from pefteval.analysis.weights import PROMPT_EMBEDDINGS, increments, module_of, tensor_stats
 from pefteval.errors import UserError
-from pefteval.report.fmt import save_figure
+from pefteval.reporting.fmt import save_figure
 
 PROMPT_TYPES = ("prefix", "prompt", "p_tuning")
 STAT_KEYS = [("std", "Std"), ("kurtosis", "Excess kurtosis"), ("small_share", "Share below 1e-4·max"),

@@ -16,7 +16,7 @@ import yaml
 from pefteval.config import AnalysisConfig
 from pefteval.errors import UserError
 from pefteval.metrics import mean_std
-from pefteval.report import select_grid_points
+from pefteval.selection import select_grid_points
 from pefteval.store import ResultStore
 
 ANALYSES = ("increments", "spectrum", "bound", "sensitivity")

@@ -17,7 +17,7 @@ from typing import Any
 from pefteval.analysis.results import AnalysisResult, Run, Section, fmt
 from pefteval.analysis.weights import layer_slot
 from pefteval.errors import UserError
-from pefteval.report.fmt import save_figure
+from pefteval.reporting.fmt import save_figure
 
 RANKS = (1, 2, 4, 8, 16, 32)
 EPSILONS = (0.01, 0.05, 0.10)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from pefteval.artifacts import load_state_into, missing_weights_message, saved_entry
 from pefteval.config import TrialConfig
 from pefteval.device import Placement
 from pefteval.errors import UserError
@@ -19,11 +19,12 @@ from pefteval.kinds.classification import SequenceClassification
 from pefteval.kinds.extractive_qa import SpanExtraction
 from pefteval.kinds.generative import GenerativeAnswer
 from pefteval.kinds.label_words import LabelWords, fewshot_loss
-from pefteval.methods import AppliedMethod, apply_method, load_trainable_state
+from pefteval.methods import AppliedMethod, apply_method
 from pefteval.models import ModelSource, is_decoder_config, load_model_config, resolve_model
 from pefteval.probe import Probe
 from pefteval.tasks import TASKS, get_task
 from pefteval.tasks.base import Task
+from pefteval.tasks.user import register_include_paths
 
 __all__ = ["KINDS", "Predictor", "TaskKind", "apply_for_kind", "load_base", "load_placed", "probe_loss", "rebuild",
            "select_kind"]
@@ -85,25 +86,26 @@ def load_base(trial: TrialConfig, rng_state: torch.Tensor | None = None) -> tupl
 
 def read_trial(run_dir: Path) -> tuple[TrialConfig, str]:
     """A finished trial's config and key, from a run directory that holds its saved weights."""
-    needed = [run_dir / "trial.json", run_dir / "trainable.safetensors"]
-    missing = [p.name for p in needed if not p.is_file()]
-    if missing:
-        raise UserError(f"{run_dir} lacks {', '.join(missing)}: not a finished trial's run directory with saved "
-                        "weights (runs with save_weights: false cannot be reloaded)")
+    if not (run_dir / "trial.json").is_file():
+        raise UserError(f"{run_dir} lacks trial.json: not a trial's run directory")
+    if saved_entry(run_dir) is None:
+        raise UserError(missing_weights_message(run_dir))
     written = json.loads((run_dir / "trial.json").read_text())
-    return TrialConfig.from_json(written), written.get("key") or run_dir.name
+    trial = TrialConfig.from_json(written)
+    register_include_paths(trial.include_path)  # a task of one's own: the folder of its definition
+    return trial, written.get("key") or run_dir.name
 
 
 def rebuild(run_dir: Path, trial: TrialConfig | None = None) -> tuple[nn.Module, TaskKind, TrialConfig]:
-    """A finished trial's trained model (its method applied, the saved trainable tensors loaded),
+    """A finished trial's trained model (its method applied, its saved weights loaded: see artifacts.py),
     its kind (tokenizer loaded) and its config (``trial``, when already read), from the run directory."""
     if trial is None:
         trial, _key = read_trial(run_dir)
     model, kind = load_base(trial)
     applied = apply_for_kind(model, trial, kind, 1)
-    load_trainable_state(applied.model, load_file(str(run_dir / "trainable.safetensors")))
-    applied.model.eval()
-    return applied.model, kind, trial
+    model = load_state_into(applied.model, run_dir)
+    model.eval()
+    return model, kind, trial
 
 
 def load_run_predictor(run_dir: str | Path) -> Predictor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pefteval.metrics import mean_std
-from pefteval.report.fmt import mean_std_cell
+from pefteval.reporting.fmt import mean_std_cell
 from pefteval.tasks import TASKS
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pefteval.metrics import mean_std
-from pefteval.report.fmt import mean_std_cell, save_figure
+from pefteval.reporting.fmt import mean_std_cell, save_figure
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""Building a results directory's report and saving it beside the results (report.md, .csv, .tex or
+.html, and the scaling figures): what `pefteval report`, `pefteval run` and ``pefteval.report``
+share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pefteval.errors import OutputError, UserError
+
+REPORT_FORMATS = ("markdown", "csv", "latex", "html")
+
+
+class UnsavedReport(OutputError):
+    """The report was built but could not be saved; ``text`` holds it."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
+
+
+def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> str:
+    """Build the report of ``out`` in ``fmt`` and, with ``save``, save it (report.md, .csv, .tex or
+    .html, and the scaling figures); returns the text. A directory that cannot take the files
+    (read-only, full) raises ``UnsavedReport``, which holds the text."""
+    from pefteval.files import atomic_write_text
+    from pefteval.reporting import build_table, render
+    from pefteval.store import ResultStore
+    from pefteval.tasks.user import check_known_tasks
+
+    out = Path(out)
+    if fmt not in REPORT_FORMATS:
+        raise UserError(f"format {fmt!r}: choose one of {', '.join(REPORT_FORMATS)}")
+    path = out / "results.sqlite"
+    with ResultStore(path, read_only=True) as store:
+        records = list(store.records())
+        failed = sum(1 for _ in store.records("failed"))
+    if not records:
+        raise UserError(f"{path} holds no complete trials yet")
+    check_known_tasks(records, out)  # a task of one's own needs its --include-path
+    table = build_table(records, failed)
+    if fmt == "html":
+        from pefteval.reporting.html import render_html
+
+        text = render_html(out, render(table, "markdown"), records)
+    else:
+        text = render(table, fmt)
+    if not save:
+        return text
+    suffix = {"markdown": "md", "csv": "csv", "latex": "tex", "html": "html"}[fmt]
+    try:
+        atomic_write_text(out / f"report.{suffix}", text)
+        if table.scaling is not None:
+            from pefteval.reporting.scaling import plot_scaling
+
+            plot_scaling(table.scaling, out / "scaling.png")
+        if table.data_scaling is not None:
+            from pefteval.reporting.datascaling import plot_data_scaling
+
+            plot_data_scaling(table.data_scaling, out / "data_scaling.png")
+    except OutputError as err:
+        raise UnsavedReport(str(err), text) from None
+    return text
