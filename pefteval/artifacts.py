@@ -92,7 +92,7 @@ def save_trained(model: Any, run_dir: Path, method_type: str, tokenizer: Any, so
             _point_at_base(path / "adapter_config.json", source)
     elif entry == MODEL:
         def write(path: Path) -> None:
-            model.save_pretrained(str(path), safe_serialization=True)
+            save_whole(model, path)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(path))
     else:
@@ -114,6 +114,31 @@ def save_trained(model: Any, run_dir: Path, method_type: str, tokenizer: Any, so
                 tokenizer.save_pretrained(str(path))
     _save_dir(target, write)
     return target
+
+
+def save_whole(model: Any, path: Path) -> None:
+    """``save_pretrained`` of a whole model in safetensors. A model loaded from a GGUF file and
+    dequantized there (every weight a plain tensor, as pefteval trains it) is saved as the plain
+    model it now is: transformers would refuse it as "quantized with gguf", and its config would
+    send a loader back to the GGUF reader."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    config = getattr(model, "config", None)
+    gguf = quantizer is not None and type(quantizer).__name__ == "GgufHfQuantizer"
+    if gguf and getattr(quantizer, "packed_modules", None):
+        raise UserError("this model holds GGUF-packed weights, which transformers cannot save: load it dequantized "
+                        "(pefteval does, to train it)")
+    saved_config = getattr(config, "quantization_config", None) if gguf else None
+    if gguf:
+        model.hf_quantizer = None
+        if saved_config is not None:
+            del config.quantization_config
+    try:
+        model.save_pretrained(str(path), safe_serialization=True)
+    finally:
+        if gguf:
+            model.hf_quantizer = quantizer
+            if saved_config is not None:
+                config.quantization_config = saved_config
 
 
 def _point_at_base(config_path: Path, source: Any) -> None:

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pefteval.artifacts import ADAPTER, BITFIT, LEGACY, MODEL, missing_weights_message, saved_entry
+from pefteval.artifacts import ADAPTER, BITFIT, LEGACY, MODEL, missing_weights_message, save_whole, saved_entry
 from pefteval.errors import UserError
 from pefteval.store import ResultStore
 
@@ -105,7 +105,7 @@ def _export_merged(run_dir: Path, to: Path) -> str:
     tmp = to.with_name(f".{to.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_whole(model, tmp)
         kind.tokenizer.save_pretrained(str(tmp))
         _place(tmp, to)
     except BaseException:

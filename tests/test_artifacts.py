@@ -225,3 +225,31 @@ def test_save_weights_none_and_the_old_booleans(tmp_path, tiny_bert_dir):
     bad = write_config(tmp_path / "bad.yaml", **base, save_weights="some")
     proc = run_cli("run", bad, "--out", tmp_path / "o2", "--dry-run")
     assert proc.returncode == 2 and "save_weights" in proc.stderr and "selected" in proc.stderr
+
+
+@pytest.mark.integration
+def test_a_decoder_loaded_from_gguf_saves_as_a_plain_model(tmp_path):
+    """The packaged SmolLM2 loads from a GGUF file, dequantized (what pefteval trains): its FFT
+    model/ (and a merged export) is a plain safetensors model, not refused as a "quantized" one,
+    and it loads back with the same outputs and without the GGUF reader."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pefteval.artifacts import save_trained
+    from pefteval.errors import UserError
+    from pefteval.models import load_lm_or_span, resolve_model
+
+    try:
+        source = resolve_model("smollm2-135m")
+    except UserError as err:
+        pytest.skip(f"packaged SmolLM2 not installed: {err}")
+    model, tokenizer, decoder = load_lm_or_span(source)
+    assert decoder and model.hf_quantizer is not None
+    entry = save_trained(model, tmp_path, "fft", tokenizer, source)
+    assert model.hf_quantizer is not None and model.config.quantization_config is not None  # left as it was
+    config = json.loads((entry / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    again = AutoModelForCausalLM.from_pretrained(entry)
+    ids = tokenizer("Give the meaning representation of: a game", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
