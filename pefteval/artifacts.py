@@ -61,7 +61,7 @@ def is_weight_file(relative: str) -> bool:
     return head in WEIGHT_ENTRIES
 
 
-def _save_dir(target: Path, write: Any) -> None:
+def save_dir(target: Path, write: Any) -> None:
     """Write a directory through a temporary name and rename it into place when whole; a failed
     write removes it and raises OutputError naming the directory."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -112,7 +112,7 @@ def save_trained(model: Any, run_dir: Path, method_type: str, tokenizer: Any, so
             }, indent=2, sort_keys=True) + "\n")
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(path))
-    _save_dir(target, write)
+    save_dir(target, write)
     return target
 
 

@@ -14,7 +14,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pefteval.artifacts import ADAPTER, BITFIT, LEGACY, MODEL, missing_weights_message, save_whole, saved_entry
+from pefteval.artifacts import (
+    ADAPTER,
+    BITFIT,
+    LEGACY,
+    MODEL,
+    missing_weights_message,
+    save_dir,
+    save_whole,
+    saved_entry,
+)
 from pefteval.errors import UserError
 from pefteval.store import ResultStore
 
@@ -68,17 +77,13 @@ def export_trial(out: str | Path, key: str, to: str | Path, merge: bool = False)
 
 
 def _copy_entry(run_dir: Path, entry: str, to: Path) -> None:
-    tmp = to.with_name(f".{to.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(run_dir / entry, tmp)
+    def write(path: Path) -> None:
+        shutil.copytree(run_dir / entry, path, dirs_exist_ok=True)
         if entry == ADAPTER:  # the tokenizer the adapter was trained with, beside it
             _, kind, _ = _kind_of(run_dir)
-            kind.tokenizer.save_pretrained(str(tmp))
-        _place(tmp, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            kind.tokenizer.save_pretrained(str(path))
+
+    save_dir(to, write)
 
 
 def _kind_of(run_dir: Path) -> tuple[Any, Any, Any]:
@@ -102,20 +107,11 @@ def _export_merged(run_dir: Path, to: Path) -> str:
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     model = model.to("cpu")
-    tmp = to.with_name(f".{to.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_whole(model, tmp)
-        kind.tokenizer.save_pretrained(str(tmp))
-        _place(tmp, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def write(path: Path) -> None:
+        save_whole(model, path)
+        kind.tokenizer.save_pretrained(str(path))
+
+    save_dir(to, write)
     return "transformers-model"
 
-
-def _place(tmp: Path, to: Path) -> None:
-    if to.exists():
-        to.rmdir()  # checked empty above
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(to)

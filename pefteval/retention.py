@@ -36,14 +36,14 @@ def prune_unselected(store: Any, out_dir: Path, planned: list[Any], policy: str,
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for trial in planned:
         groups[group_of(trial.config)].append(trial.key)
-    complete = store.complete_records()
+    complete = store.complete_keys()  # the keys only: records are read for the complete groups alone
     lines = []
     for group, keys in groups.items():
         if touched is not None and group not in touched:
             continue
         if any(k not in complete for k in keys):
             continue  # a seed or grid point still to run (or failed): nothing is selected yet
-        records = [complete[k] for k in keys]
+        records = [store.get(k) for k in keys]
         selection = select_grid_points(records)
         chosen = selection.chosen.get((group[0], group[1]))
         if chosen is None:
@@ -55,12 +55,10 @@ def prune_unselected(store: Any, out_dir: Path, planned: list[Any], policy: str,
             if rec["key"] in keep:
                 continue
             run_dir = out_dir / rec["run_dir"]
-            if saved_entry(run_dir) is None and rec.get("weights_removed"):
-                continue
+            if rec.get("weights_removed") and saved_entry(run_dir) is None:
+                continue  # pruned by an earlier run
             freed += sum(size for name, size in (rec.get("files") or {}).items() if is_weight_file(name))
-            removed = remove_weights(run_dir)
-            if not removed and rec.get("weights_removed"):
-                continue
+            remove_weights(run_dir)
             mark_removed(store, run_dir, rec)
             removed_trials += 1
         if removed_trials:

@@ -92,32 +92,10 @@ def test_bad_executor_options_are_refused_before_anything(tmp_path, tiny_bert_di
 
 @pytest.mark.integration
 def test_on_a_terminal_each_running_trial_has_a_line_above_a_sweep_line(tmp_path, tiny_bert_dir):
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    from .conftest import REPO_ROOT, cli_env
-
     data = write_sst2_layout(tmp_path / "data", n_train=32, n_dev=16, n_adv=8)
     cfg = write_config(tmp_path / "exp.yaml", tiny_bert_dir)  # FFT and LoRA, seed 0
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "pefteval.cli", "run", str(cfg), "--out", str(tmp_path / "out"),
-                             "--data-dir", str(data), "--threads", "1", "--jobs", "2"], cwd=REPO_ROOT, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the other end closed: the run is over
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    assert proc.wait(timeout=600) == 0
-    os.close(master)
-    screen = b"".join(chunks).decode(errors="replace")
+    screen = _run_on_terminal(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(data),
+                               "--threads", "1", "--jobs", "2"], columns=200)
     # the live block: a line per running trial, then the sweep line, redrawn in place
     assert "sweep: 0/2 done, 0 failed, 2 running" in screen
     assert "\x1b[" in screen and "F\x1b[J" in screen  # cursor up and clear below: the block is redrawn

@@ -45,9 +45,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
-from pefteval.config import format_validation_error, read_utf8, resolve_include_paths
+from pefteval.config import _Strict, format_validation_error, read_utf8, resolve_include_paths
 from pefteval.errors import ConfigError, DataError, UserError
 from pefteval.metrics import rouge_l
 from pefteval.tasks.base import (
@@ -71,8 +71,8 @@ from pefteval.tasks.squad.metrics import squad_scores
 # --- the definition's schema ----------------------------------------------------------------------
 
 
-class _Definition(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class _Definition(_Strict):
+    """Unknown keys and inf/nan refused, as in experiment configs."""
 
 
 def _names_as_text(value: Any) -> Any:
