@@ -1,7 +1,7 @@
 """pefteval: does parameter-efficient fine-tuning lose to full fine-tuning, and why?
 
 The Python API (``pefteval.run``, ``pefteval.load_results``, ``pefteval.report``, ``pefteval.export``,
-``pefteval.load_bitfit``) is imported on first use, so that ``import pefteval`` (and the CLI's
+``pefteval.judge``, ``pefteval.load_bitfit``) is imported on first use, so that ``import pefteval`` (and the CLI's
 ``--help``) stays free of torch.
 """
 
@@ -16,6 +16,7 @@ _API = {
     "load_results": "pefteval.api",
     "report": "pefteval.api",
     "export": "pefteval.api",
+    "judge": "pefteval.api",
     "RunSummary": "pefteval.api",
     "load_bitfit": "pefteval.artifacts",
 }

@@ -3,9 +3,11 @@
     import pefteval
     summary = pefteval.run("configs/quickstart.yaml", "out/quickstart", seeds=[0], jobs=2)
     df = pefteval.load_results("out/quickstart")        # one row per trial
-    print(pefteval.reporting("out/quickstart", "markdown"))
+    print(pefteval.report("out/quickstart", "markdown"))
+    pefteval.judge("out/quick_instruct", backend="openai", model="gpt-4", base_url="https://api.openai.com/v1")
 
-``run`` does what ``pefteval run`` does (plan, sweep, analyses, report) and returns a ``RunSummary``;
+``run`` does what ``pefteval run`` does (plan, sweep, analyses, MT-Bench judging, report) and returns a
+``RunSummary``; ``judge`` (re-)judges the MT-Bench answers a run saved;
 ``load_results`` reads a results directory into a pandas DataFrame; ``report`` renders (and saves)
 the comparison; ``export`` writes a trial's model for use without pefteval. Heavy libraries are
 imported inside the functions, so that importing this module stays cheap.
@@ -63,6 +65,7 @@ class RunSummary:
     dry_run: bool = False
     plan: list[str] = field(default_factory=list)
     already_complete: int = 0
+    judging: Any = None  # the MT-Bench judging's JudgeSummary (instruction-tuning tasks), None when none ran
 
     @property
     def ok(self) -> bool:
@@ -312,6 +315,10 @@ def run(config: Any, out: str | Path | None = None, *, data_dir: str | Path | No
         for line in summary.pruned:
             say(line)
         run_analyses(out, exp.analyses.run, say)
+        from pefteval.tasks import TASKS
+
+        if any(TASKS[t].kind == "instruct" for t in exp.tasks):
+            summary.judging = run_judging(out, exp.judge, data_path, say)
         if report:
             from pefteval.reporting.save import UnsavedReport, write_report
 
@@ -339,6 +346,49 @@ def run_analyses(out: Path, names: list[str], say: Callable[[str], None] | None 
         except Exception as err:  # noqa: BLE001 - the sweep's results and report must still be written
             say(f"analysis {name} failed ({type(err).__name__}: {err}); the results are unaffected, "
                 f"rerun it with `pefteval analyze {name} {out}`")
+
+
+def run_judging(out: Path, judge: Any, data_dir: Path | None, say: Callable[[str], None]) -> Any:
+    """MT-Bench judging after a sweep (instruction-tuning tasks), inside the run's lock; a judging
+    that cannot run (an unreachable endpoint, a missing key) says why and leaves the sweep's results
+    as they are: ``pefteval judge OUT`` judges them later."""
+    from pefteval.judging.run import judge_run
+
+    try:
+        return judge_run(out, judge, data_dir, say)
+    except UserError as err:
+        say(f"judging skipped: {err}")
+    except Exception as err:  # noqa: BLE001 - the sweep's results and report must still be written
+        say(f"judging failed ({type(err).__name__}: {err}); the trials' answers are saved, judge them with "
+            f"`pefteval judge {out}`")
+    return None
+
+
+def judge(out: str | Path, *, data_dir: str | Path | None = None, stream: TextIO | None = None,
+          **settings: Any) -> Any:
+    """Judge (or re-judge with another judge) the MT-Bench answers saved in ``out`` without retraining
+    or regenerating: what ``pefteval judge OUT`` does. The judge is the experiment's ``judge:``
+    section (OUT/experiment.yaml) with ``settings`` (fields of ``JudgeConfig``: backend, model,
+    base_url, api_key_env, max_new_tokens, ...) replacing its fields. Judgments already made by the
+    same judge are reused. Returns the ``JudgeSummary``; holds OUT's lock while it writes."""
+    from pydantic import ValidationError
+
+    from pefteval.config import JudgeConfig, format_validation_error
+    from pefteval.errors import ConfigError
+    from pefteval.judging.run import judge_run
+    from pefteval.lock import ResultsLock
+    from pefteval.status import check_results_dir
+    from pefteval.tasks.base import resolve_data_dir
+
+    out = Path(out)
+    written = yaml.safe_load(check_results_dir(out).read_text(encoding="utf-8")) or {}
+    base = (written.get("judge") if isinstance(written, dict) else None) or {}
+    try:
+        config = JudgeConfig(**{**base, **{k: v for k, v in settings.items() if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "judge settings")) from None
+    with ResultsLock(out):
+        return judge_run(out, config, resolve_data_dir(data_dir), _say_to(stream))
 
 
 def report(out: str | Path, format: str = "markdown", save: bool = True,  # noqa: A002 - the CLI's --format

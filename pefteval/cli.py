@@ -1,4 +1,4 @@
-"""The ``pefteval`` command: run, report, analyze, list, adversarial."""
+"""The ``pefteval`` command: run, status, export, judge, report, analyze, list, adversarial."""
 
 from __future__ import annotations
 
@@ -144,6 +144,33 @@ def export(
     written = export_trial(out, trial, to, merge)
     typer.echo(f"exported trial {written['key']} as a {written['format']} to {written['path']} "
                f"({len(written['files'])} files)")
+
+
+@app.command()
+@user_errors
+def judge(
+    out: Path = typer.Argument(..., help="a results directory of `pefteval run` with instruction-tuning trials"),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local (a model run here) or openai (any "
+                                          "OpenAI-compatible endpoint); default: the experiment's judge"),
+    model: Optional[str] = typer.Option(None, "--model", help="the judge model: alias, directory or hub id "
+                                        "(local), or the model name the endpoint serves (openai)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="the endpoint, e.g. http://127.0.0.1:8000/v1"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="the environment variable that holds "
+                                              "the API key (default OPENAI_API_KEY); the key is never written"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="the judge's output cap"),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="requests in flight"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="the folder holding mt_bench/ (FastChat's "
+                                           "files); default $PEFTEVAL_DATA_DIR, else the Hugging Face hub"),
+) -> None:
+    """Judge the MT-Bench answers saved in OUT (no retraining, no regenerating), with the experiment's
+    judge or another one; judgments already made by the same judge are reused. Writes
+    OUT/mt_bench/model_judgment/<judge>_single.jsonl (FastChat's format) and the judge's sanity check."""
+    from pefteval.api import judge as judge_answers
+
+    summary = judge_answers(out, data_dir=data_dir, backend=backend, model=model, base_url=base_url,
+                            api_key_env=api_key_env, max_new_tokens=max_new_tokens, max_concurrency=max_concurrency)
+    typer.echo(f"judged {summary.judged} answer turn(s) with {summary.slug} ({summary.cached} already judged, "
+               f"{summary.unrated} unrated); sanity check: {summary.verdict}; {summary.judgment_file}")
 
 
 @app.command()

@@ -347,6 +347,9 @@ class DataConfig(_Strict):
     # prompt-based few-shot classification with a decoder LM: training examples per class
     # (a list runs each k: the data-scaling experiment of Table 7 / Figure 2)
     k_shot: Optional[GridInt] = None
+    # MT-Bench answers (the alpaca task's test split): the cap on each turn's generated tokens
+    # (FastChat's gen_model_answer uses 1024); validation's ROUGE-L generations use training.max_new_tokens
+    mt_bench_max_new_tokens: Int = Field(1024, ge=1)
 
     @field_validator("k_shot")
     @classmethod
@@ -416,6 +419,45 @@ class ResourcesConfig(_Strict):
     cpus_per_trial: Optional[Int] = Field(None, ge=1)
     # memory a trial is scheduled with on a Ray cluster, in GB; default: none asked
     memory_gb_per_trial: Optional[Float] = Field(None, gt=0)
+
+
+class JudgeConfig(_Strict):
+    """The MT-Bench judge (``pefteval judge``, pefteval/judging): single-answer grading with FastChat's
+    prompts. Not part of any trial's identity: another judge re-judges the saved answers. ``local``
+    runs a model (alias, directory or hub id) in this process; ``openai`` sends chat completions to
+    any OpenAI-compatible endpoint (OpenAI, vLLM, TGI, llama.cpp's server, ``transformers serve``)."""
+
+    backend: Literal["local", "openai"] = "local"
+    model: str = Field("smollm2-135m", min_length=1, description="the judge model: an alias, directory or hub "
+                       "id (local), or the model name the endpoint serves (openai)")
+    base_url: Optional[str] = Field(None, description="the endpoint, e.g. http://127.0.0.1:8000/v1 (openai; "
+                                    "default: OpenAI's own)")
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="the environment variable holding the API key (openai); the key "
+                             "itself is never written anywhere")
+    max_new_tokens: Int = Field(2048, ge=1, description="the judge's output cap (FastChat: 2048)")
+    max_concurrency: Int = Field(8, ge=1, description="requests in flight at once (openai)")
+    max_retries: Int = Field(5, ge=0, description="retries with backoff of a request that failed transiently "
+                             "(openai: connection errors, timeouts, 408, 409, 429, 5xx)")
+    timeout_s: Float = Field(600.0, gt=0, description="seconds one request may take (openai)")
+    batch_size: Int = Field(8, ge=1, description="judgments generated at once (local)")
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # local: autocast dtype
+    device: str = "auto"  # local: where the judge model runs
+    sanity_questions: Int = Field(5, ge=1, description="questions with GPT-4 reference answers the sanity check "
+                                  "rates against deliberately bad answers")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_endpoint(self) -> JudgeConfig:
+        if self.base_url is not None and self.backend != "openai":
+            raise ValueError("base_url is for backend: openai (an endpoint); the local backend runs the model here")
+        return self
 
 
 TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")
@@ -525,6 +567,7 @@ class ExperimentConfig(_Strict):
     analyses: AnalysisConfig = Field(default_factory=AnalysisConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)  # MT-Bench's judge (instruction-tuning tasks)
     # folders of task definitions of one's own (docs/tasks.md), relative to the YAML file's folder
     # (load_config makes them absolute); their tasks are registered before a config is validated
     include_path: IncludePaths = Field(default_factory=list)
@@ -766,6 +809,9 @@ LATER_TRAINING_DEFAULTS: dict[str, Any] = {"model_dtype": "fp32", "gradient_accu
                                            "gradient_checkpointing": False, "attn_implementation": "sdpa"}
 
 
+LATER_DATA_DEFAULTS: dict[str, Any] = {"k_shot": None, "mt_bench_max_new_tokens": 1024}
+
+
 class TrialConfig(_Strict):
     """One trial, fully resolved and validated: what planning hands to the trial process and what
     its record keeps. ``identity()`` is the part its key hashes (the analysis options ride along
@@ -792,8 +838,9 @@ class TrialConfig(_Strict):
 
     def identity(self) -> dict[str, Any]:
         data = self.data.model_dump()
-        if data["k_shot"] is None:
-            del data["k_shot"]  # absent unless set, so trials without it keep the keys they always had
+        for name, default in LATER_DATA_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]  # absent unless set, so trials without it keep the keys they always had
         training = self.training.model_dump(exclude=set(RUNTIME_TRAINING_FIELDS))
         for name, default in LATER_TRAINING_DEFAULTS.items():
             if training[name] == default:

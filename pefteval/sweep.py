@@ -243,7 +243,9 @@ class Progress:
 def _headline(metrics: dict[str, Any], task: Task) -> str:
     """One split's score for the progress line: the task's report columns, else its selection
     metric (the worst case where the split is scored per source question)."""
-    columns = [c for c in task.report_columns if c in metrics] or [task.selection_metric]
+    columns = [c for c in task.report_columns if c in metrics] or [c for c in [task.selection_metric] if c in metrics]
+    if not columns:  # a split scored after the sweep (MT-Bench answers, judged by `pefteval judge`)
+        return f"{metrics.get('answered_turns', metrics.get('n', 0))} answers, judged after the sweep"
     if all(f"worst_{c}" in metrics for c in columns):
         columns = [f"worst_{c}" for c in columns]
     if len(columns) == 1:

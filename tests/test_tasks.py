@@ -48,8 +48,9 @@ def advglue(task: str, data_dir: Path) -> list[Example]:
 
 def test_registry_has_the_glue_qa_and_generation_tasks():
     assert list(TASKS) == ["sst2", "qqp", "mnli", "mnli-mm", "qnli", "rte", "squad", "viggo", "sql", "gsm8k",
-                           "trec", "agnews", "emoc", "amazon"]
+                           "trec", "agnews", "emoc", "amazon", "alpaca"]
     assert {TASKS[t].kind for t in ("gsm8k", "sql", "viggo")} == {"generation"}
+    assert TASKS["alpaca"].kind == "instruct" and TASKS["alpaca"].selection_metric == "rougeL"
     assert TASKS["trec"].kind == "classification" and TASKS["trec"].num_labels == 6
     assert TASKS["agnews"].adversarial == ()
     assert get_task("mnli").num_labels == 3 and get_task("sst2").num_labels == 2

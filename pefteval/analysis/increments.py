@@ -90,6 +90,10 @@ def analyse_increments(runs: list[Run], target: Path, module: str | None) -> Ana
         result.sections.append(Section(f"{task}", ["Method", "Increment", "Values",
                                                    *[label for _k, label in STAT_KEYS]], rows))
         result.figures.append(_plot(task, methods, target / f"increments_{_slug(task)}.png", module or default))
+        if "bitfit" not in methods:
+            note = _no_biases_note(task, [r for r in runs if r.task == task])
+            if note:
+                result.notes.append(note)
     result.notes += [
         f"Module: {module or default} (the last block's query projection)" if module is None else
         f"Module pattern: {module} (every matching module's values together)",
@@ -101,6 +105,20 @@ def analyse_increments(runs: list[Run], target: Path, module: str | None) -> Ana
         "IA3: W0 ⊙ (l − 1); prefix/prompt tuning: the learned prompt embeddings (their module is the prompt).",
     ]
     return result
+
+
+def _no_biases_note(task: str, runs: list[Run]) -> str | None:
+    """What Figure 1's BitFit panel lacks when the model has no bias terms at all: seen from a full
+    fine-tuning trial, whose increments list every parameter of the model."""
+    for run in runs:
+        meta = run.increments()
+        if meta.get("method_type") == "fft" and meta["modules"]:
+            if not any(name.endswith(".bias") for name in meta["modules"]):
+                return (f"{task}: no BitFit row: {meta.get('model', 'the model')} has no bias terms (LLaMA-family "
+                        "decoders have none), so BitFit cannot train it; Figure 1's BitFit panel needs a model with "
+                        "biases")
+            return None
+    return None
 
 
 def _slug(text: str) -> str:

@@ -18,6 +18,7 @@ from pefteval.kinds.base import Predictor, TaskKind
 from pefteval.kinds.classification import SequenceClassification
 from pefteval.kinds.extractive_qa import SpanExtraction
 from pefteval.kinds.generative import GenerativeAnswer
+from pefteval.kinds.instruct import InstructionFollowing
 from pefteval.kinds.label_words import LabelWords, fewshot_loss
 from pefteval.methods import AppliedMethod, apply_method
 from pefteval.models import ModelSource, is_decoder_config, load_model_config, resolve_model
@@ -30,7 +31,7 @@ __all__ = ["KINDS", "Predictor", "TaskKind", "apply_for_kind", "load_base", "loa
            "select_kind"]
 
 KINDS: dict[str, type[TaskKind]] = {k.name: k for k in (SequenceClassification, SpanExtraction, GenerativeAnswer,
-                                                         LabelWords)}
+                                                         LabelWords, InstructionFollowing)}
 
 
 def select_kind(task: Task, k_shot: int | None, model_config: Any) -> type[TaskKind]:
@@ -46,6 +47,8 @@ def select_kind(task: Task, k_shot: int | None, model_config: Any) -> type[TaskK
         return SequenceClassification
     if task.kind == "qa":
         return GenerativeAnswer if is_decoder_config(model_config) else SpanExtraction
+    if task.kind == "instruct":
+        return InstructionFollowing
     return GenerativeAnswer
 
 
@@ -54,7 +57,8 @@ def prepare(trial: TrialConfig) -> tuple[Task, TaskKind, ModelSource, Any]:
     task = get_task(trial.task)
     source = resolve_model(trial.model)
     config = load_model_config(source)
-    kind = select_kind(task, trial.data.k_shot, config)(task, trial.training, trial.seed)  # type: ignore[arg-type]
+    kind = select_kind(task, trial.data.k_shot, config)(task, trial.training, trial.seed,  # type: ignore[arg-type]
+                                                                 trial.data)
     return task, kind, source, config
 
 

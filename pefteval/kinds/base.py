@@ -24,8 +24,9 @@ class TaskKind:
     head: ClassVar[str]
     qa_mode: ClassVar[str | None] = None
 
-    def __init__(self, task: Any, training: Any, seed: int):
+    def __init__(self, task: Any, training: Any, seed: int, data: Any = None):
         self.task, self.hp, self.seed = task, training, seed
+        self.data = data  # the trial's DataConfig (what a kind needs of it: MT-Bench's answer length)
         self.tokenizer: Any = None
         self.is_decoder = False
         self.notes: list[str] = []  # what the kind had to change (left-out or shortened examples)

@@ -66,10 +66,16 @@ def encode_prompt_target(examples: Sequence[Any], tokenizer: Any, max_length: in
 @torch.no_grad()
 def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
                      max_new_tokens: int = 32, precision: str = "bf16",
-                     max_prompt_tokens: int | None = None) -> list[str]:
-    """Greedy answers for prompts, in left-padded batches (similar lengths together), cut at
-    end-of-sequence or ``max_new_tokens``, stripped of surrounding white space."""
+                     max_prompt_tokens: int | None = None, temperature: float = 0.0,
+                     seed: int = 0, counts: list[int] | None = None) -> list[str]:
+    """Answers for prompts, in left-padded batches (similar lengths together), cut at
+    end-of-sequence or ``max_new_tokens``, stripped of surrounding white space. Greedy unless
+    ``temperature`` is above 1e-4 (FastChat's rule); then sampled, the generator seeded from
+    ``seed`` and the batch's position before each batch, so a rerun draws the same answers.
+    ``counts``, when given, receives each answer's number of generated tokens."""
     model.eval()
+    sample = temperature >= 1e-4
+    options: dict[str, Any] = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [ids[-max_prompt_tokens:] for ids in encoded]
@@ -77,18 +83,26 @@ def generate_answers(model: nn.Module, tokenizer: Any, prompts: Sequence[str], b
     out = [""] * len(encoded)
     pad = tokenizer.pad_token_id
     device = model_device(model)
+    lengths = [0] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        if sample:
+            torch.manual_seed(seed * 100_003 + start)
         width = max(len(encoded[i]) for i in idx)
         input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
         with autocast(precision, device.type):
             generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                       do_sample=False, num_beams=1, pad_token_id=pad,
-                                       eos_token_id=tokenizer.eos_token_id, use_cache=True)
+                                       num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                       use_cache=True, **options)
         for row, i in enumerate(idx):
-            text = tokenizer.decode(generated[row, width:], skip_special_tokens=True)
+            new_tokens = generated[row, width:]
+            ids = new_tokens.tolist()  # tokens up to and with the first end-of-sequence (the rest is padding)
+            lengths[i] = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+            text = tokenizer.decode(new_tokens, skip_special_tokens=True)
             out[i] = text.strip()
+    if counts is not None:
+        counts[:] = lengths
     return out
 
 

@@ -257,8 +257,8 @@ class LabelWords(TaskKind):
     name = "label_words"
     head = "lm"
 
-    def __init__(self, task: Any, training: Any, seed: int):
-        super().__init__(task, training, seed)
+    def __init__(self, task: Any, training: Any, seed: int, data: Any = None):
+        super().__init__(task, training, seed, data)
         self.spec = task.fewshot
         self.demos: list[Example] = []
         self._encoded: dict[tuple[Example, ...], FewShotEncoded] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 from pefteval.metrics import mean_std
 from pefteval.reporting import generation as gen
+from pefteval.reporting import mt_bench as mtb
 from pefteval.reporting.datascaling import build_data_scaling, render_data_scaling_markdown
 from pefteval.reporting.fmt import mean_std_cell
 from pefteval.reporting.scaling import build_scaling, render_scaling_markdown, scaling_rows
@@ -58,6 +59,7 @@ class ComparisonTable:
     scaling: Any = None  # ScalingTable when the experiment varies trainable parameters within a family
     generation: Any = None  # GenTable (Table 1 shape) when the experiment has generation tasks
     data_scaling: Any = None  # DataScalingTable (Table 7 / Figure 2) when the experiment has k-shot trials
+    mt_bench: Any = None  # MTBenchTable (Table 2 shape) when the experiment has instruction-tuning tasks
 
     @property
     def device_memory(self) -> bool:
@@ -113,7 +115,10 @@ def _qa_table(task: str, sel: Selection) -> QATable:
     return QATable(task, splits, rows, mode)
 
 
-def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> ComparisonTable:
+def build_table(records: Iterable[dict[str, Any]], failed: int = 0, judgments: list[dict[str, Any]] | None = None,
+                checks: list[dict[str, Any]] | None = None) -> ComparisonTable:
+    """The report's tables from the store's records; ``judgments`` and ``checks`` are the MT-Bench
+    judgments and judge sanity checks saved under ``OUT/mt_bench`` (instruction-tuning tasks)."""
     records = [r for r in records if r.get("status") == "complete"]
     sel = select_grid_points(records)
     group = {task_label(r["config"]): report_group(r) for r in records}
@@ -153,8 +158,8 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
             header_notes.append(f"Accuracy in %, mean (sample std) over seeds {sorted(seeds_seen)}; 'orig' is the GLUE "
                                 "dev set (or its held-out test part, see below), 'adv' the matching AdvGLUE dev set.")
         header_notes.append("Per method and task, the grid point with the best mean validation score (accuracy; F1 "
-                            "for QA) is selected; the validation set is held out from the training data, never the "
-                            "test set.")
+                            "for QA; ROUGE-L for instruction tuning) is selected; the validation set is held out from "
+                            "the training data, never the test set.")
         if any(r["params"].get("head", 0) for r in records):
             header_notes.append("A new task head trains under every method and is counted in 'Trainable'; "
                                 "'%' is relative to the pretrained model with its head.")
@@ -177,6 +182,8 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0) -> Compariso
     table.scaling = build_scaling(records, sel, tasks, qa_tasks)
     table.generation = gen.build_generation(sel, gen_tasks)
     table.data_scaling = build_data_scaling(records, sel, [t for t in sel.tasks if group[t] == "fewshot"])
+    table.mt_bench = mtb.build_mt_bench(sel, [t for t in sel.tasks if group[t] == "instruct"], judgments or [],
+                                        checks or [])
     return table
 
 
@@ -346,6 +353,10 @@ def render_markdown(table: ComparisonTable) -> str:
         if second:
             out += ["", "Other metrics (test split):", ""] + _md_table(*second)
         out += [""] + [f"- {n}" for n in gen.notes(table.generation)] + [""]
+    if table.mt_bench is not None:
+        out += mtb.render_markdown(table.mt_bench, [r.method for r in table.rows], _md_table)
+        if table.mt_bench.judges:
+            out += ["Plot: `mt_bench.png` next to this report.", ""]
     if table.data_scaling is not None:
         out += [render_data_scaling_markdown(table.data_scaling), "Plot: `data_scaling.png` next to this report.", ""]
     if table.scaling is not None:
@@ -405,6 +416,16 @@ def render_csv(table: ComparisonTable) -> str:
                                      "" if math.isnan(std) else f"{std:.6f}", table.generation.seeds[method], "", "",
                                      "", _count(row.trainable).replace(",", ""), _share(row),
                                      f"{_mean(row.train_seconds):.2f}", *_csv_memory(row, table.device_memory)])
+    if table.mt_bench is not None:
+        for judge in table.mt_bench.judges:
+            name = "mt_bench:" + "/".join(str(p) for p in judge.identity if p)
+            for method, scores in judge.scores.items():
+                row = rows_by_method[method]
+                for column, (mean, std) in scores.items():
+                    writer.writerow([method, name, column, f"{mean:.6f}", "" if math.isnan(std) else f"{std:.6f}",
+                                     judge.seeds[method], "", "", "", _count(row.trainable).replace(",", ""),
+                                     _share(row), f"{_mean(row.train_seconds):.2f}",
+                                     *_csv_memory(row, table.device_memory)])
     if table.data_scaling is not None:
         ds = table.data_scaling
         for (method, task, k), (mean, std) in ds.scores.items():
@@ -444,6 +465,11 @@ def render_latex(table: ComparisonTable) -> str:
         methods = [r.method for r in table.rows]
         out += _latex_table(*_generation_rows(table, methods),
                             r"Generation tasks (\%), mean (std) over seeds.")
+    if table.mt_bench is not None:
+        methods = [r.method for r in table.rows]
+        for judge in table.mt_bench.judges:
+            caption = f"MT-Bench scores (1--10), mean (std) over seeds; judge: {mtb.describe_judge(judge.identity)}."
+            out += _latex_table(*mtb.judge_rows(judge, methods), caption)
     if table.scaling is not None:
         out += _latex_table(*scaling_rows(table.scaling), r"Score (\%) against trainable parameters.")
     return "\n".join(out) + "\n"

@@ -19,6 +19,15 @@ class UnsavedReport(OutputError):
         self.text = text
 
 
+def saved_judgments(out: Path) -> tuple[list[dict], list[dict]]:
+    """The MT-Bench judgments and judge sanity checks under OUT/mt_bench (none without it)."""
+    if not (out / "mt_bench").is_dir():
+        return [], []
+    from pefteval.judging.output import load_checks, load_judgments
+
+    return load_judgments(out), list(load_checks(out).values())
+
+
 def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> str:
     """Build the report of ``out`` in ``fmt`` and, with ``save``, save it (report.md, .csv, .tex or
     .html, and the scaling figures); returns the text. A directory that cannot take the files
@@ -38,7 +47,8 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
     if not records:
         raise UserError(f"{path} holds no complete trials yet")
     check_known_tasks(records, out)  # a task of one's own needs its --include-path
-    table = build_table(records, failed)
+    judgments, checks = saved_judgments(out)
+    table = build_table(records, failed, judgments, checks)
     if fmt == "html":
         from pefteval.reporting.html import render_html
 
@@ -54,6 +64,10 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
             from pefteval.reporting.scaling import plot_scaling
 
             plot_scaling(table.scaling, out / "scaling.png")
+        if table.mt_bench is not None and table.mt_bench.judges:
+            from pefteval.reporting.mt_bench import plot_categories
+
+            plot_categories(table.mt_bench, [r.method for r in table.rows], out / "mt_bench.png")
         if table.data_scaling is not None:
             from pefteval.reporting.datascaling import plot_data_scaling
 

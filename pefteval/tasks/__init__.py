@@ -4,6 +4,7 @@ selection metric and report columns. One module or package per family registers 
 
 from __future__ import annotations
 
+from pefteval.tasks import alpaca as _alpaca
 from pefteval.tasks import fewshot as _fewshot
 from pefteval.tasks import glue as _glue
 from pefteval.tasks import gsm8k as _gsm8k
@@ -32,8 +33,9 @@ from pefteval.tasks.base import (
 )
 
 # registration order is the order `pefteval list` shows: GLUE, SQuAD, the generation tasks (ViGGO,
-# SQL, GSM8K), then the few-shot families (which also give SST-2 its few-shot pattern, so they come after GLUE)
-_FAMILIES = (_glue, _squad, _viggo, _sql, _gsm8k, _fewshot)
+# SQL, GSM8K), then the few-shot families (which also give SST-2 its few-shot pattern, so they come after GLUE),
+# then instruction tuning (Alpaca, judged on MT-Bench)
+_FAMILIES = (_glue, _squad, _viggo, _sql, _gsm8k, _fewshot, _alpaca)
 for _family in _FAMILIES:
     _family.register_tasks()
 

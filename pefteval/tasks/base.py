@@ -98,8 +98,9 @@ class Task:
     """A task: its data, its prompts and its scorer.
 
     ``kind`` is the shape of its data: ``classification`` (class labels), ``qa`` (SQuAD-style
-    questions; extractive with an encoder, generative with a decoder) or ``generation``
-    (prompt -> target text). ``splits(data_dir, data_config, seed)`` draws the trial's splits
+    questions; extractive with an encoder, generative with a decoder), ``generation``
+    (prompt -> target text) or ``instruct`` (instruction tuning, evaluated on multi-turn
+    conversations judged after the sweep). ``splits(data_dir, data_config, seed)`` draws the trial's splits
     (the seed matters only for a k-shot sample). ``score(predictions, examples, adversarial)``
     scores one split. ``selection_metric`` is the key of the metric that selects the epoch;
     ``metric_name`` names it in the validation curve."""
@@ -107,7 +108,7 @@ class Task:
     name: str
     display: str
     help: str
-    kind: Literal["classification", "qa", "generation"]
+    kind: Literal["classification", "qa", "generation", "instruct"]
     splits: Callable[[Path | None, Any, int], TaskSplits]
     score: Callable[[Sequence[Any], Sequence[Any], bool], Scored]
     selection_metric: str
