@@ -159,6 +159,16 @@ def judge(
                                               "the API key (default OPENAI_API_KEY); the key is never written"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="the judge's output cap"),
     max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", min=1, help="requests in flight"),
+    max_retries: Optional[int] = typer.Option(None, "--max-retries", min=0, help="retries of a request that "
+                                              "failed transiently (openai)"),
+    timeout_s: Optional[float] = typer.Option(None, "--timeout-s", min=0.001, help="seconds one request may "
+                                              "take (openai)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="judgments generated at once "
+                                             "(local)"),
+    device: Optional[str] = typer.Option(None, "--device", help="where a local judge runs (auto, cpu, cuda:N)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16, fp16 or fp32 (local)"),
+    sanity_questions: Optional[int] = typer.Option(None, "--sanity-questions", min=1, help="questions of the "
+                                                   "judge's sanity check"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="the folder holding mt_bench/ (FastChat's "
                                            "files); default $PEFTEVAL_DATA_DIR, else the Hugging Face hub"),
 ) -> None:
@@ -167,10 +177,19 @@ def judge(
     OUT/mt_bench/model_judgment/<judge>_single.jsonl (FastChat's format) and the judge's sanity check."""
     from pefteval.api import judge as judge_answers
 
+    if base_url is not None and backend is None:
+        backend = "openai"  # an endpoint is what --base-url names
     summary = judge_answers(out, data_dir=data_dir, backend=backend, model=model, base_url=base_url,
-                            api_key_env=api_key_env, max_new_tokens=max_new_tokens, max_concurrency=max_concurrency)
+                            api_key_env=api_key_env, max_new_tokens=max_new_tokens, max_concurrency=max_concurrency,
+                            max_retries=max_retries, timeout_s=timeout_s, batch_size=batch_size, device=device,
+                            precision=precision, sanity_questions=sanity_questions)
+    rate = f", {summary.judgments_per_s:.3f} judgments/s" if summary.judgments_per_s else ""
     typer.echo(f"judged {summary.judged} answer turn(s) with {summary.slug} ({summary.cached} already judged, "
-               f"{summary.unrated} unrated); sanity check: {summary.verdict}; {summary.judgment_file}")
+               f"{summary.unrated} unrated, {summary.missing} without an answer{rate}); sanity check: "
+               f"{summary.verdict}; {summary.judgment_file}")
+    if summary.verdict != "can tell":
+        typer.echo(f"warning: the judge's sanity check says '{summary.verdict}': it did not rate reference answers "
+                   "clearly above bad ones, so its scores should not be trusted", err=True)
 
 
 @app.command()

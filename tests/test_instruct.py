@@ -5,7 +5,6 @@ sweep with a tiny decoder through answers, judging and the Table-2-shaped report
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -137,6 +137,9 @@ def check_line(check: dict[str, Any] | None) -> str:
     means = check.get("means", {})
     described = ", ".join(f"{k} {v:.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else f"{k} unrated"
                           for k, v in means.items())
+    if check.get("verdict") == "incomplete" or check.get("complete") is False:
+        return ("The judge's sanity check did not finish (the judging stopped early): run `pefteval judge OUT` "
+                "to complete it before trusting these scores.")
     if check.get("verdict") == "can tell":
         return (f"Sanity check passed: the judge rated the GPT-4 reference answers clearly above deliberately bad "
                 f"answers (mean ratings: {described}).")
