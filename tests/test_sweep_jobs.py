@@ -155,8 +155,12 @@ def test_redrawn_progress_lines_fit_the_terminal(tmp_path, tiny_bert_dir, column
     screen = _run_on_terminal(["run", str(cfg), "--out", str(tmp_path / "out"), "--data-dir", str(data),
                                "--threads", "1", "--jobs", str(jobs)], columns)
     live = redrawn_lines(screen)
-    assert any(re.match(r"\[(trial )?1/2\] .* left$", line) for line in live), live  # a step line, redrawn
-    if jobs > 1:
+    if jobs == 1:
+        assert any(re.match(r"\[(trial )?1/2\] .* left$", line) for line in live), live  # a step line, redrawn
+    else:
+        # a block of both trials' lines and the sweep's line, redrawn; whether a trial's line shows a step
+        # with its time left when the block is drawn depends on how fast the tiny trials run
+        assert any(re.match(r"\[(trial )?[12]/2\] ", line) for line in live), live
         assert any(line.startswith("sweep: ") for line in live), live
     too_wide = [line for line in live if len(line) >= columns]
     assert not too_wide, too_wide

@@ -195,6 +195,8 @@ def plot_categories(mt: MTBenchTable, methods: list[str], path: Path) -> Path | 
         ax.set_xticks(range(len(CATEGORIES)), [c.capitalize() for c in CATEGORIES], fontsize=8)
         ax.set_ylim(0, 10)
         ax.set_ylabel("MT-Bench score (1–10)")
-        ax.set_title(f"judge: {describe_judge(table.identity)}", fontsize=9)
+        trusted = table.check is not None and table.check.get("verdict") == "can tell"
+        ax.set_title(f"judge: {describe_judge(table.identity)}"
+                     + ("" if trusted else " (its sanity check did not pass: do not trust these scores)"), fontsize=9)
         ax.legend(fontsize=8, ncol=len(shown))
     return save_figure(fig, path)
