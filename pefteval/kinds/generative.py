@@ -125,9 +125,13 @@ class GenerativeAnswer(TaskKind):
         model, self.tokenizer, self.is_decoder = load_lm_or_span(source, config, **self.load_options())
         return model
 
+    def encode_pairs(self, examples: Sequence[Any], max_len: int) -> tuple[Encoded, int]:
+        """Training features of ``examples`` and how many were left out (a kind's own encoding)."""
+        return encode_prompt_target(examples, self.tokenizer, max_len, self.prompting)
+
     def encode_train(self, examples: Sequence[Any]) -> Encoded:
         max_len = self.hp.max_seq_length
-        train, skipped = encode_prompt_target(examples, self.tokenizer, max_len, self.prompting)
+        train, skipped = self.encode_pairs(examples, max_len)
         self.left_out = skipped
         if skipped:
             self.notes.append(f"{self.task.name}: {skipped} training example(s) left out, their prompt alone "

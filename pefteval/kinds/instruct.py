@@ -21,7 +21,6 @@ from typing import Any
 
 from torch import nn
 
-from pefteval.errors import UserError
 from pefteval.kinds.generative import MIN_TARGET_TOKENS, GenerativeAnswer, generate_answers
 from pefteval.probe import Probe, make_probe
 from pefteval.tasks.alpaca import InstructExample, alpaca_prompt
@@ -78,16 +77,8 @@ class InstructionFollowing(GenerativeAnswer):
     def mt_bench_max_new_tokens(self) -> int:
         return getattr(self.data, "mt_bench_max_new_tokens", None) or FASTCHAT_MAX_NEW_TOKENS
 
-    def encode_train(self, examples: Sequence[Any]) -> Encoded:
-        max_len = self.hp.max_seq_length
-        train, skipped = encode_instructions(examples, self.tokenizer, max_len)
-        self.left_out = skipped
-        if skipped:
-            self.notes.append(f"{self.task.name}: {skipped} training example(s) left out, their prompt alone "
-                              f"exceeds max_seq_length {max_len}")
-        if len(train) == 0:
-            raise UserError(f"task {self.task.name}: no training example fits max_seq_length {max_len}; raise it")
-        return train
+    def encode_pairs(self, examples: Sequence[Any], max_len: int) -> tuple[Encoded, int]:
+        return encode_instructions(examples, self.tokenizer, max_len)
 
     def predict(self, model: nn.Module, examples: Sequence[Any]) -> list[Any]:
         if examples and isinstance(examples[0], MTBenchQuestion):
