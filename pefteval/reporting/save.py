@@ -48,7 +48,9 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
         raise UserError(f"{path} holds no complete trials yet")
     check_known_tasks(records, out)  # a task of one's own needs its --include-path
     judgments, checks = saved_judgments(out)
-    table = build_table(records, failed, judgments, checks)
+    from pefteval.reporting.significance import scores_from
+
+    table = build_table(records, failed, judgments, checks, scores_from(out))
     if fmt == "html":
         from pefteval.reporting.html import render_html
 
@@ -72,6 +74,10 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
             from pefteval.reporting.datascaling import plot_data_scaling
 
             plot_data_scaling(table.data_scaling, out / "data_scaling.png")
+        if table.significance is not None:
+            from pefteval.reporting.significance import render_csv
+
+            atomic_write_text(out / "significance.csv", render_csv(table.significance))
     except OutputError as err:
         raise UnsavedReport(str(err), text) from None
     return text
