@@ -1,7 +1,7 @@
 """pefteval: does parameter-efficient fine-tuning lose to full fine-tuning, and why?
 
 The Python API (``pefteval.run``, ``pefteval.load_results``, ``pefteval.report``, ``pefteval.export``,
-``pefteval.judge``, ``pefteval.load_bitfit``) is imported on first use, so that ``import pefteval`` (and the CLI's
+``pefteval.judge``, ``pefteval.claims``, ``pefteval.load_bitfit``) is imported on first use, so that ``import pefteval`` (and the CLI's
 ``--help``) stays free of torch.
 """
 
@@ -17,6 +17,7 @@ _API = {
     "report": "pefteval.api",
     "export": "pefteval.api",
     "judge": "pefteval.api",
+    "claims": "pefteval.api",
     "RunSummary": "pefteval.api",
     "load_bitfit": "pefteval.artifacts",
 }

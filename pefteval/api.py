@@ -402,6 +402,20 @@ def report(out: str | Path, format: str = "markdown", save: bool = True,  # noqa
     return write_report(out, format, save)
 
 
+def claims(outs: Any, margin: float = 1.0, format: str = "markdown",  # noqa: A002 - the CLI's --format
+           include_path: Any = None) -> str:
+    """The paper's claims decided on one or more results directories (``outs``: a path or a list), as
+    markdown, CSV or JSON text: per claim held / contradicted / inconclusive, the effect with its 95%
+    interval, n and the test used, and the claims these results cannot test (pefteval/reporting/claims.py)."""
+    from pefteval.reporting.claims import FORMATS, evaluate_claims, render
+
+    if format not in FORMATS:
+        raise UserError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    register_tasks(include_path)
+    paths = [Path(outs)] if isinstance(outs, (str, Path)) else [Path(o) for o in outs]
+    return render(evaluate_claims(paths, margin), format)
+
+
 def export(out: str | Path, trial: str, to: str | Path, merge: bool = False) -> dict[str, Any]:
     """Write trial ``trial``'s (its key, or a unique prefix) trained model to ``to``: a peft adapter,
     or with ``merge`` (and always for FFT) a whole transformers model; see pefteval/export.py."""

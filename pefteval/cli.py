@@ -250,6 +250,22 @@ def analyze(
     typer.echo(f"wrote {out / 'analysis' / name}.md, .csv" + "".join(f", {p}" for p in result.figures), err=True)
 
 
+@app.command()
+@user_errors
+def claims(
+    outs: list[Path] = typer.Argument(..., help="one or more results directories of `pefteval run`"),
+    margin: float = typer.Option(1.0, "--margin", help="points of a 100-point scale (accuracy, F1) within which a "
+                                 "difference counts as none (MT-Bench ratings: a tenth of it)"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown, csv or json"),
+    include_path: Optional[list[Path]] = _include_path_option(),
+) -> None:
+    """Decide each of the paper's claims that OUT ... can test: held, contradicted or inconclusive, with the
+    effect's 95% interval, n and the test (no retraining)."""
+    from pefteval.api import claims as decide
+
+    typer.echo(decide(outs, margin=margin, format=fmt, include_path=include_path), nl=False)
+
+
 @app.command("list")
 @user_errors
 def list_all(include_path: Optional[list[Path]] = _include_path_option()) -> None:

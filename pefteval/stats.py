@@ -175,6 +175,67 @@ def _welch(terms: Sequence[tuple[float, float]]) -> float:
     return total * total / denom
 
 
+def pooled_paired_test(differences: Sequence[np.ndarray], alpha: float = ALPHA) -> Difference:
+    """The mean over several test sets of ``treated − baseline``, each given as its (seeds × examples)
+    difference matrix with the same seeds in the same rows (trials of one seed answer every set).
+    The seed part is the spread of the per-seed pooled differences (sets sharing a model move
+    together); the example parts add up as the sets' independent samples, each weighted 1/G²."""
+    if not differences:
+        raise ValueError("no difference matrices to pool")
+    seeds = {d.shape[0] for d in differences}
+    if len(seeds) != 1 or min(seeds) < 2:
+        raise ValueError("every difference matrix needs the same seeds (at least two), row for row")
+    s = seeds.pop()
+    g = len(differences)
+    per_seed = np.mean([d.mean(axis=1) for d in differences], axis=0)
+    estimate = float(per_seed.mean())
+    seed_var = float(per_seed.var(ddof=1))
+    example_var = 0.0
+    examples = 0
+    for d in differences:
+        _ms_seed, ms_example, ms_resid, _s, n = _two_way(d) if d.shape[1] > 1 else (0.0, 0.0, 0.0, s, 1)
+        example_var += max(0.0, (ms_example - ms_resid) / s) / n / g ** 2
+        examples += n
+    variance = seed_var / s + example_var
+    comps = Components(seed_var, example_var * examples, 0.0, paired=True)
+    se = math.sqrt(variance)
+    df = float(s - 1)
+    if se == 0.0:
+        return Difference(estimate, 0.0, df, estimate, estimate, 1.0 if estimate == 0 else 0.0, (s, s), examples,
+                          True, comps)
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    p = float(2 * sps.t.sf(abs(estimate) / se, df))
+    return Difference(estimate, se, df, estimate - crit * se, estimate + crit * se, p, (s, s), examples, True, comps)
+
+
+def seed_test(baseline: Sequence[float], treated: Sequence[float], paired_seeds: bool,
+              alpha: float = ALPHA) -> Difference:
+    """A per-trial statistic (one value per seed and method, no test examples) compared across seeds:
+    the paired t test (same seeds) or Welch's."""
+    base, treat = np.asarray(baseline, dtype=float), np.asarray(treated, dtype=float)
+    if len(base) < 2 or len(treat) < 2:
+        raise ValueError("a seed-level test needs at least two seeds per method")
+    estimate = float(treat.mean() - base.mean())
+    if paired_seeds:
+        if len(base) != len(treat):
+            raise ValueError("paired seeds need as many values in both")
+        d = treat - base
+        variance, df = float(d.var(ddof=1)) / len(d), float(len(d) - 1)
+        comps = Components(float(d.var(ddof=1)), 0.0, 0.0, paired=True)
+    else:
+        terms = [(float(x.var(ddof=1)) / len(x), len(x) - 1) for x in (base, treat)]
+        variance, df = sum(v for v, _ in terms), _welch(terms)
+        comps = Components(float(base.var(ddof=1) + treat.var(ddof=1)), 0.0, 0.0, paired=False)
+    se = math.sqrt(variance)
+    seeds = (len(base), len(treat))
+    if se == 0.0:
+        return Difference(estimate, 0.0, df, estimate, estimate, 1.0 if estimate == 0 else 0.0, seeds, 0,
+                          paired_seeds, comps)
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    p = float(2 * sps.t.sf(abs(estimate) / se, df))
+    return Difference(estimate, se, df, estimate - crit * se, estimate + crit * se, p, seeds, 0, paired_seeds, comps)
+
+
 def hierarchical_bootstrap(baseline: np.ndarray, treated: np.ndarray, paired_seeds: bool, draws: int = 2000,
                            seed: int = 0, alpha: float = ALPHA) -> Bootstrap:
     """Resample seeds, then examples; the percentile interval of the difference and a two-sided

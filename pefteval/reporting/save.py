@@ -51,10 +51,17 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
     from pefteval.reporting.significance import scores_from
 
     table = build_table(records, failed, judgments, checks, scores_from(out))
-    if fmt == "html":
-        from pefteval.reporting.html import render_html
+    if fmt in ("markdown", "html"):
+        from pefteval.reporting.claims import evaluate_claims, render_markdown
 
-        text = render_html(out, render(table, "markdown"), records)
+        markdown = render(table, "markdown") + "\n" + render_markdown(evaluate_claims([out]),
+                                                                       heading="### The paper's claims")
+        if fmt == "html":
+            from pefteval.reporting.html import render_html
+
+            text = render_html(out, markdown, records)
+        else:
+            text = markdown
     else:
         text = render(table, fmt)
     if not save:
