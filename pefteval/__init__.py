@@ -1,8 +1,8 @@
 """pefteval: does parameter-efficient fine-tuning lose to full fine-tuning, and why?
 
 The Python API (``pefteval.run``, ``pefteval.load_results``, ``pefteval.report``, ``pefteval.export``,
-``pefteval.judge``, ``pefteval.claims``, ``pefteval.load_bitfit``) is imported on first use, so that ``import pefteval`` (and the CLI's
-``--help``) stays free of torch.
+``pefteval.judge``, ``pefteval.claims``, ``pefteval.load_bitfit``) is imported on first use, so that
+``import pefteval`` (and the CLI's ``--help``) stays free of torch.
 """
 
 from __future__ import annotations
