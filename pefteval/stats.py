@@ -236,6 +236,34 @@ def seed_test(baseline: Sequence[float], treated: Sequence[float], paired_seeds:
     return Difference(estimate, se, df, estimate - crit * se, estimate + crit * se, p, seeds, 0, paired_seeds, comps)
 
 
+@dataclass(frozen=True)
+class Interval:
+    """One method's mean score with a 95% interval over seeds and test examples."""
+
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    examples: int
+
+
+def mean_interval(scores: np.ndarray, alpha: float = ALPHA) -> Interval:
+    """The grand mean of a (seeds × examples) score matrix with the two-way model's interval
+    (``Var(seed means) / S + σ²_b / n``, df = S − 1); with one seed, the examples' alone (df = n − 1)."""
+    y = np.asarray(scores, dtype=float)
+    s, n = y.shape
+    mean = float(y.mean())
+    if n < 2:
+        return Interval(mean, float("nan"), float("nan"), s, n)
+    if s == 1:
+        variance, df = float(y[0].var(ddof=1)) / n, float(n - 1)
+    else:
+        ms_seed, ms_example, ms_resid, _, _ = _two_way(y)
+        variance, df = ms_seed / (s * n) + max(0.0, (ms_example - ms_resid) / s) / n, float(s - 1)
+    half = float(sps.t.ppf(1 - alpha / 2, df)) * math.sqrt(max(variance, 0.0))
+    return Interval(mean, mean - half, mean + half, s, n)
+
+
 def hierarchical_bootstrap(baseline: np.ndarray, treated: np.ndarray, paired_seeds: bool, draws: int = 2000,
                            seed: int = 0, alpha: float = ALPHA) -> Bootstrap:
     """Resample seeds, then examples; the percentile interval of the difference and a two-sided

@@ -210,3 +210,36 @@ def test_scores_are_read_from_predictions_json(tmp_path):
     assert scores["test"] == {"x": 1.0, "y": 0.0, "z": None}
     assert scores["dup"] == {"0": 1.0, "1": 0.0}  # repeated ids: keyed by position
     assert scores_from(tmp_path)({"run_dir": "runs/missing"}) == {}
+
+
+def test_mean_interval_counts_seeds_and_examples():
+    rng = np.random.default_rng(9)
+    scores = (rng.random((4, 300)) < 0.7).astype(float) + rng.normal(0, 0.05, (4, 1))
+    arm = stats.mean_interval(scores)
+    rows = scores.mean(axis=1)
+    # at least as wide as the seeds' own t interval over the seed means
+    seeds_only = sps.t.ppf(0.975, 3) * rows.std(ddof=1) / 2
+    assert arm.mean == pytest.approx(scores.mean())
+    assert arm.high - arm.mean >= seeds_only - 1e-12
+    one = stats.mean_interval(scores[:1])
+    assert one.seeds == 1 and one.high - one.mean == pytest.approx(
+        sps.t.ppf(0.975, 299) * scores[0].std(ddof=1) / math.sqrt(300))
+
+
+def test_pareto_front_and_figures_are_written(tmp_path):
+    from pefteval.reporting.figures import frontier, pareto_points, plot_comparison, plot_pareto
+
+    points = {"fft": {"score": 0.80, "trainable": 1e7, "memory": 1500, "seconds": 16},
+              "lora": {"score": 0.79, "trainable": 7e4, "memory": 1300, "seconds": 10},
+              "bitfit": {"score": 0.70, "trainable": 2e4, "memory": 1200, "seconds": 8},
+              "prefix": {"score": 0.74, "trainable": 9e4, "memory": 1400, "seconds": 12}}
+    assert frontier(points, "trainable") == ["bitfit", "lora", "fft"]  # prefix: lora is cheaper and better
+    rng = np.random.default_rng(7)
+    records, scores = _synthetic(rng, {"fft": 0.85, "lora": 0.84, "bitfit": 0.60})
+    table = build_table(records, scores_of=lambda rec: scores[rec["run_dir"]])
+    got = pareto_points(table)
+    assert set(got) == {"fft", "lora", "bitfit"}
+    assert got["bitfit"]["score"] == pytest.approx(table.significance.arms[("sst2", "test", "bitfit")].mean)
+    for path in (plot_comparison(table.significance, ["fft", "lora", "bitfit"], tmp_path / "c.png"),
+                 plot_pareto(table, tmp_path / "p.png")):
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

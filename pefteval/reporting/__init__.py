@@ -382,7 +382,10 @@ def render_markdown(table: ComparisonTable) -> str:
     if table.significance is not None:
         out += ["### Significance against FFT", ""]
         out += _md_table(*sig.significance_rows(table.significance))
-        out += [""] + [f"- {n}" for n in sig.notes(table.significance)] + [""]
+        out += [""] + [f"- {n}" for n in sig.notes(table.significance)]
+        out += ["- Plots: `comparison.png` (each method's mean with its 95% interval, per task and split) and "
+                "`pareto.png` (clean score against trainable parameters, peak memory and training time) next to "
+                "this report.", ""]
     out += [f"- {note}" for note in table.notes]
     sel = selection_lines(table)
     if sel:

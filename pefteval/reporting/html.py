@@ -68,7 +68,7 @@ def render_html(out: Path, report_markdown: str, records: list[dict]) -> str:
     exp_path = out / "experiment.yaml"
     if exp_path.is_file():
         name = (yaml.safe_load(exp_path.read_text()) or {}).get("name", name)
-    figures = ("mt_bench.png", "scaling.png", "data_scaling.png")
+    figures = ("comparison.png", "pareto.png", "mt_bench.png", "scaling.png", "data_scaling.png")
     sections = [("comparison", "Comparison", _markdown(report_markdown) + "".join(
         _image(out / png, png) for png in figures if (out / png).is_file()))]
     folder = out / "analysis"

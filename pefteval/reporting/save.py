@@ -82,9 +82,12 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
 
             plot_data_scaling(table.data_scaling, out / "data_scaling.png")
         if table.significance is not None:
+            from pefteval.reporting.figures import COMPARISON_PNG, PARETO_PNG, plot_comparison, plot_pareto
             from pefteval.reporting.significance import render_csv
 
             atomic_write_text(out / "significance.csv", render_csv(table.significance))
+            plot_comparison(table.significance, [r.method for r in table.rows], out / COMPARISON_PNG)
+            plot_pareto(table, out / PARETO_PNG)
     except OutputError as err:
         raise UnsavedReport(str(err), text) from None
     return text

@@ -53,6 +53,9 @@ class Comparison:
 class SignificanceTable:
     rows: list[Comparison] = field(default_factory=list)
     alpha: float = stats.ALPHA
+    # (task, split, method) -> the method's mean with its 95% interval (the figures' error bars)
+    arms: dict[tuple[str, str, str], stats.Interval] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # task -> report group
 
     def find(self, task: str, split: str, method: str) -> Comparison | None:
         return next((c for c in self.rows if (c.task, c.split, c.method) == (task, split, method)), None)
@@ -123,8 +126,13 @@ def build_significance(sel: Any, groups: dict[str, str], scores_of: ScoresOf,
     if baseline is None:
         return None
     rows: list[Comparison] = []
+    arms: dict[tuple[str, str, str], stats.Interval] = {}
     for task in sel.tasks:
         group = groups[task]
+        if group != "instruct":
+            for method in sel.methods:
+                if (task, method) in sel.chosen:
+                    arms.update(_arm_intervals(task, method, sel.chosen[(task, method)][1], scores_of))
         if (task, baseline) not in sel.chosen:
             continue
         if group == "instruct":
@@ -148,7 +156,23 @@ def build_significance(sel: Any, groups: dict[str, str], scores_of: ScoresOf,
                 rows.append(compare(family, task, split, method, baseline, _metric_of(group), base_split,
                                     split_trials, bootstrap_draws))
     adjust(rows)
-    return SignificanceTable(rows) if rows else None
+    return SignificanceTable(rows, arms=arms, groups=dict(groups)) if rows or arms else None
+
+
+def _arm_intervals(task: str, method: str, recs: list[dict[str, Any]], scores_of: ScoresOf
+                   ) -> dict[tuple[str, str, str], stats.Interval]:
+    """Each split's mean score of one method with its interval, over the examples all its seeds scored."""
+    trials = [scores_of(r) for r in sorted(recs, key=lambda r: r["config"]["seed"])]
+    out = {}
+    present = trials[0] if trials else {}
+    for split in sorted(present, key=lambda s: s != "test"):  # the clean split first
+        if split == "validation":
+            continue
+        per = [t.get(split, {}) for t in trials]
+        ids = [i for i, v in per[0].items() if v is not None and all(p.get(i) is not None for p in per[1:])]
+        if len(ids) >= 2:
+            out[(task, split, method)] = stats.mean_interval(np.array([[p[i] for i in ids] for p in per]))
+    return out
 
 
 def _mt_bench_rows(sel: Any, task: str, baseline: str, judgments: list[dict[str, Any]],
