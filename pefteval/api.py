@@ -314,7 +314,7 @@ def run(config: Any, out: str | Path | None = None, *, data_dir: str | Path | No
             say(f"  failed: {described}: {error}")
         for line in summary.pruned:
             say(line)
-        run_analyses(out, exp.analyses.run, say)
+        run_analyses(out, exp.analyses.run, say, data_path)
         from pefteval.tasks import TASKS
 
         if any(TASKS[t].kind == "instruct" for t in exp.tasks):
@@ -332,14 +332,15 @@ def run(config: Any, out: str | Path | None = None, *, data_dir: str | Path | No
     return summary
 
 
-def run_analyses(out: Path, names: list[str], say: Callable[[str], None] | None = None) -> None:
+def run_analyses(out: Path, names: list[str], say: Callable[[str], None] | None = None,
+                  data_dir: Path | None = None) -> None:
     """The experiment's ``analyses``; one that cannot run says why and the others still run."""
     from pefteval.analysis import run_analysis
 
     say = say or _say_to(None)
     for name in names:
         try:
-            result = run_analysis(name, out)
+            result = run_analysis(name, out, data_dir=data_dir)
             say(f"analysis {name}: {out / 'analysis' / name}.md ({result.seconds:.1f} s)")
         except UserError as err:
             say(f"analysis {name} skipped: {err}")

@@ -227,11 +227,15 @@ def report(
 @app.command()
 @user_errors
 def analyze(
-    name: str = typer.Argument(..., help="increments, spectrum, bound or sensitivity"),
+    name: str = typer.Argument(..., help="increments, spectrum, bound, sensitivity, intruders, forgetting or "
+                               "similarity"),
     out: Path = typer.Argument(..., help="results directory of `pefteval run`"),
     module: Optional[str] = typer.Option(None, "--module", help="increments: regular expression on module names "
                                          "(default: the last block's query projection)"),
     fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="forgetting, similarity: where SQuAD's dev "
+                                            "file is, for trials that saved no general-text probe (default: the "
+                                            "hub)"),
     include_path: Optional[list[Path]] = _include_path_option(),
 ) -> None:
     """Weight-space diagnostics of OUT's trained models (no retraining); figures and tables go to OUT/analysis/."""
@@ -245,7 +249,7 @@ def analyze(
         raise UserError(f"--format {fmt!r}: choose markdown or csv")
     if module is not None and name != "increments":
         raise UserError("--module applies to `analyze increments` only")
-    result = run_analysis(name, out, module)
+    result = run_analysis(name, out, module, data_dir)
     typer.echo(result.markdown() if fmt == "markdown" else result.csv(), nl=False)
     typer.echo(f"wrote {out / 'analysis' / name}.md, .csv" + "".join(f", {p}" for p in result.figures), err=True)
 

@@ -365,14 +365,15 @@ DataOverride = _override_of(
     "examples of a long-text task); ``attack`` is replaced whole.")
 
 
-ANALYSIS_NAMES = ("increments", "spectrum", "bound", "sensitivity")
+ANALYSIS_NAMES = ("increments", "spectrum", "bound", "sensitivity", "intruders", "forgetting", "similarity")
 
 
 class AnalysisConfig(_Strict):
     """Weight-space diagnostics (``pefteval analyze``): which run after the sweep, and what
     training saves for them. A plain list (``analyses: [increments, spectrum]``) sets ``run``."""
 
-    run: list[Literal["increments", "spectrum", "bound", "sensitivity"]] = Field(default_factory=list)
+    run: list[Literal["increments", "spectrum", "bound", "sensitivity", "intruders", "forgetting", "similarity"]] = (
+        Field(default_factory=list))
     # save increments.json, increments.safetensors and probe.safetensors with every trial
     capture: bool = True
     # regular expressions on module names (e.g. 'layer\\.0\\..*query') whose full increments are
@@ -384,6 +385,16 @@ class AnalysisConfig(_Strict):
     draws: Int = Field(8, ge=2, multiple_of=2)  # antithetic pairs (ε, −ε)
     power_iterations: Int = Field(20, ge=1)
     power_tol: Float = Field(1e-3, gt=0)
+    # intruder dimensions (Shuttleworth et al. 2024): a top-k singular vector of the fine-tuned matrix
+    # whose largest |cosine| with every pretrained singular vector is below epsilon; training keeps
+    # the largest cosines of the top intruder_saved vectors, so k can be raised up to it afterwards
+    intruder_k: Int = Field(10, ge=1)
+    intruder_epsilon: Float = Field(0.5, gt=0, lt=1)
+    intruder_saved: Int = Field(32, ge=1)
+    # forgetting and similarity: general text (Wikipedia paragraphs: SQuAD v1.1 dev contexts, which no
+    # task trains on), this many paragraphs of at most general_tokens tokens, saved with each trial
+    general_texts: Int = Field(64, ge=4)
+    general_tokens: Int = Field(128, ge=8)
 
     @model_validator(mode="before")
     @classmethod

@@ -104,16 +104,22 @@ def run_trial(trial: TrialConfig, data_dir: Path | None, run_dir: Path, key: str
     if not dist.is_main:
         return record
     probe = kind.probe(splits.validation, trial.analysis.probe_examples)
+    general = None
+    if trial.analysis.capture and {"forgetting", "similarity"} & set(trial.analysis.run):
+        from pefteval.analysis.representations import make_general_probe
+
+        general = make_general_probe(kind.tokenizer, data_dir, trial.analysis.general_texts,
+                                     trial.analysis.general_tokens)
 
     def save(trained_model: nn.Module, into: Path) -> None:
         save_trained(trained_model, into, trial.method.type, kind.tokenizer, source)
 
     if not dist.partitioned:
-        return finish(record, trial, model, run_dir, probe, rng_state, progress, save)
+        return finish(record, trial, model, run_dir, probe, rng_state, progress, save, general)
     with dist.loading_whole(always=True):  # the main process alone: no model may load partitioned
         if trial.save_weights or trial.analysis.capture:
             model = unsharded_copy(trial, rng_state, trained)
-        return finish(record, trial, model, run_dir, probe, rng_state, progress, save)
+        return finish(record, trial, model, run_dir, probe, rng_state, progress, save, general)
 
 
 def unsharded_copy(trial: TrialConfig, rng_state: torch.Tensor, trained: dict[str, torch.Tensor]) -> nn.Module:
@@ -128,11 +134,11 @@ def unsharded_copy(trial: TrialConfig, rng_state: torch.Tensor, trained: dict[st
 
 def finish(record: dict[str, Any], trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Any,
            rng_state: torch.Tensor, progress: ProgressFn | None,
-           save: Callable[[nn.Module, Path], None]) -> dict[str, Any]:
+           save: Callable[[nn.Module, Path], None], general: Any = None) -> dict[str, Any]:
     """Save the trained weights (``save``: pefteval.artifacts' formats) and what the weight analyses
     read. A trial is complete only when everything it promises is on disk: a failure here (a full
     disk: OutputError naming the file) fails the trial, and the sweep redoes it on the next run."""
     if progress is not None:
         progress({"event": "analyse"})
-    record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save)
+    record["analysis_seconds"] = finish_trial(trial, model, run_dir, probe, rng_state, save, general)
     return record

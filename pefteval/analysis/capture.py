@@ -11,7 +11,11 @@ At the end of every trial (``finish_trial``), next to the trained weights (``ada
   ``analyses.increment_modules``);
 - ``probe.safetensors``: the fixed validation batch of the model-based analyses;
 - ``analysis/bound.json`` and ``analysis/sensitivity.json`` when the experiment lists those
-  analyses, measured on the model still in memory.
+  analyses, measured on the model still in memory;
+- ``analysis/intruders.json`` (intruder dimensions: the largest cosines of each matrix's top
+  singular vectors), and with forgetting or similarity listed ``general_probe.safetensors`` (the
+  general-text paragraphs, tokenised), ``analysis/forgetting.json`` (per-paragraph loss before and
+  after) and ``analysis/similarity.json`` with ``similarity.safetensors`` (per-layer Gram matrices).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 from torch import nn
 
 from pefteval.analysis.bound import measure_bound
+from pefteval.analysis.intruders import measure_intruders
+from pefteval.analysis.representations import measure_forgetting, measure_similarity
 from pefteval.analysis.sensitivity import measure_sensitivity
 from pefteval.analysis.weights import default_module, increments, kind_of, module_of, tensor_stats
 from pefteval.artifacts import missing_weights_message, saved_entry
@@ -62,7 +68,8 @@ def save_increments(model: nn.Module, base_state: dict[str, torch.Tensor], run_d
 
 
 def finish_trial(trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Probe | None,
-                 rng_state: torch.Tensor, save_trainable: Callable[[nn.Module, Path], None]) -> float:
+                 rng_state: torch.Tensor, save_trainable: Callable[[nn.Module, Path], None],
+                 general: Probe | None = None) -> float:
     """Save the trained tensors and what the analyses read; run the per-model analyses the
     experiment asks for. Returns the seconds this took (not counted as training or evaluation)."""
     started = time.perf_counter()
@@ -75,6 +82,14 @@ def finish_trial(trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Pro
     base, _kind = load_base(trial, rng_state)
     base_state = {n: p.detach() for n, p in base.named_parameters()}
     stats = save_increments(model, base_state, run_dir, trial.identity(), options.increment_modules)
+    if "intruders" in options.run:
+        make_dir(run_dir / "analysis")
+        atomic_write_json(run_dir / "analysis" / "intruders.json",
+                          measure_intruders(model, base_state, max(options.intruder_saved, options.intruder_k)))
+    if general is not None:
+        general.save(run_dir / "general_probe.safetensors")
+        make_dir(run_dir / "analysis")
+        measure_general(model, base, general, run_dir, options.run)
     if probe is not None:
         probe.save(run_dir / "probe.safetensors")
         make_dir(run_dir / "analysis")
@@ -86,6 +101,16 @@ def finish_trial(trial: TrialConfig, model: nn.Module, run_dir: Path, probe: Pro
                                                   options.draws, trial.seed, options.power_iterations,
                                                   options.power_tol, loss_fn=probe_loss))
     return time.perf_counter() - started
+
+
+def measure_general(model: nn.Module, base: nn.Module, general: Probe, run_dir: Path, wanted: list[str]) -> None:
+    """Forgetting and similarity on the general-text probe, written under ``run_dir/analysis``."""
+    if "forgetting" in wanted:
+        atomic_write_json(run_dir / "analysis" / "forgetting.json", measure_forgetting(model, base, general))
+    if "similarity" in wanted:
+        summary, grams = measure_similarity(model, base, general)
+        save_tensors(grams, run_dir / "analysis" / "similarity.safetensors")
+        atomic_write_json(run_dir / "analysis" / "similarity.json", summary)
 
 
 def load_trained(run_dir: Path) -> tuple[nn.Module, nn.Module, Probe, TrialConfig]:

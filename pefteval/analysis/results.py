@@ -19,7 +19,7 @@ from pefteval.metrics import mean_std
 from pefteval.selection import select_grid_points
 from pefteval.store import ResultStore
 
-ANALYSES = ("increments", "spectrum", "bound", "sensitivity")
+ANALYSES = ("increments", "spectrum", "bound", "sensitivity", "intruders", "forgetting", "similarity")
 
 
 @dataclass

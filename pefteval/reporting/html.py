@@ -38,7 +38,8 @@ def _image(path: Path, alt: str) -> str:
 
 
 def _figures_for(name: str, folder: Path) -> list[Path]:
-    pattern = {"increments": "increments_*.png", "spectrum": "spectrum.png"}.get(name)
+    pattern = {"increments": "increments_*.png", "spectrum": "spectrum.png", "intruders": "intruders.png",
+               "similarity": "similarity.png"}.get(name)
     return sorted(folder.glob(pattern)) if pattern else []
 
 
