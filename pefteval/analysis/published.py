@@ -13,13 +13,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from pefteval import stats
+from pefteval.analysis.capture import load_trained
 from pefteval.analysis.intruders import count, measure_intruders
-from pefteval.analysis.representations import finite_mean, linear_cka, measure_forgetting, measure_similarity
+from pefteval.analysis.representations import (
+    finite_mean,
+    linear_cka,
+    make_general_probe,
+    measure_forgetting,
+    measure_similarity,
+)
 from pefteval.analysis.results import AnalysisResult, Run, Section, cell, fmt, mean_std, read_json
+from pefteval.artifacts import missing_weights_message, saved_entry
 from pefteval.errors import UserError
 from pefteval.files import atomic_write_json, make_dir, save_tensors
+from pefteval.kinds import load_base, rebuild
+from pefteval.probe import Probe
 from pefteval.reporting.fmt import save_figure
 
 TYPE_ORDER = ("query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out")
@@ -29,11 +40,6 @@ def _saved_or_measured(run: Run, name: str, options: Any, data_dir: Path | None)
     path = run.dir / "analysis" / f"{name}.json"
     if path.is_file():
         return read_json(path)
-    from pefteval.analysis.capture import load_trained
-    from pefteval.analysis.representations import make_general_probe
-    from pefteval.kinds import load_base, rebuild
-    from pefteval.probe import Probe
-
     make_dir(run.dir / "analysis")
     if name == "intruders":
         model, base, _probe, _trial = load_trained(run.dir)
@@ -41,8 +47,6 @@ def _saved_or_measured(run: Run, name: str, options: Any, data_dir: Path | None)
         data = measure_intruders(model, base_state, max(options.intruder_saved, options.intruder_k))
     else:
         general_path = run.dir / "general_probe.safetensors"
-        from pefteval.artifacts import missing_weights_message, saved_entry
-
         if saved_entry(run.dir) is None:
             raise UserError(missing_weights_message(run.dir))
         model, kind, trial = rebuild(run.dir)
@@ -213,8 +217,6 @@ def _versus(fft_items: list[tuple[Run, dict[str, Any]]], items: list[tuple[Run, 
 # ---------------------------------------------------------------- similarity
 
 def _grams(run: Run) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(str(run.dir / "analysis" / "similarity.safetensors"))
 
 

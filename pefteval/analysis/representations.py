@@ -29,6 +29,7 @@ from torch import nn
 
 from pefteval.device import model_device
 from pefteval.probe import Probe
+from pefteval.tasks.squad.data import DEV_FILE, hub_split, read_squad_json
 
 BATCH = 8
 
@@ -36,8 +37,6 @@ BATCH = 8
 def general_texts(data_dir: Path | None, n: int) -> list[str]:
     """``n`` Wikipedia paragraphs spread evenly over SQuAD v1.1 dev's contexts (every article's in
     file order, each once)."""
-    from pefteval.tasks.squad.data import DEV_FILE, hub_split, read_squad_json
-
     if data_dir is not None:
         examples = read_squad_json(data_dir / DEV_FILE, "SQuAD dev file (the general text of forgetting/similarity)")
     else:

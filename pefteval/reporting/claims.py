@@ -35,10 +35,11 @@ import numpy as np
 
 from pefteval import stats
 from pefteval.errors import UserError
-from pefteval.reporting.mt_bench import judge_identity
+from pefteval.reporting.mt_bench import judge_identity, saved_judgments
 from pefteval.reporting.significance import ScoresOf, baseline_label, scores_from
 from pefteval.selection import Selection, report_group, select_grid_points, task_label
 from pefteval.store import ResultStore
+from pefteval.tasks import TASKS
 
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli")
 FEW_SHOT_SPLIT = 20  # the paper's crossover: LoRA ahead below 20 shots, FFT from there on
@@ -104,8 +105,6 @@ class Evidence:
 
 
 def load_evidence(out: Path) -> Evidence:
-    from pefteval.reporting.save import saved_judgments
-
     path = out / "results.sqlite"
     if not path.is_file():
         raise UserError(f"no results store at {path}: `pefteval claims` reads the directories `pefteval run` wrote")
@@ -249,8 +248,6 @@ def claim_b(ev: Evidence, margin: float) -> Decision | str:
 
 
 def claim_c(ev: Evidence, margin: float) -> Decision | str:
-    from pefteval.tasks import TASKS
-
     tasks = [t for t in ev.sel.tasks if ev.groups[t] == "qa"]
     if not tasks:
         return "no SQuAD task"

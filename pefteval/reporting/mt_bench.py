@@ -20,6 +20,15 @@ from pefteval.tasks.mt_bench import CATEGORIES
 COLUMNS = (*CATEGORIES, "turn 1", "turn 2", "average")
 
 
+def saved_judgments(out: Path) -> tuple[list[dict], list[dict]]:
+    """The MT-Bench judgments and judge sanity checks under OUT/mt_bench (none without it)."""
+    if not (out / "mt_bench").is_dir():
+        return [], []
+    from pefteval.judging.output import load_checks, load_judgments  # torch-free, and only where judged
+
+    return load_judgments(out), list(load_checks(out).values())
+
+
 def judge_identity(row: dict[str, Any]) -> tuple[str, str, str | None]:
     """(backend, model, host) of a judgment or sanity check; the prompt name varies within one judge."""
     judge = row.get("judge")  # a check's identity; in a judgment line FastChat's [model, prompt] pair

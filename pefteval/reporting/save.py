@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pefteval.errors import OutputError, UserError
+from pefteval.reporting.mt_bench import saved_judgments
 
 REPORT_FORMATS = ("markdown", "csv", "latex", "html")
 
@@ -17,15 +18,6 @@ class UnsavedReport(OutputError):
     def __init__(self, message: str, text: str):
         super().__init__(message)
         self.text = text
-
-
-def saved_judgments(out: Path) -> tuple[list[dict], list[dict]]:
-    """The MT-Bench judgments and judge sanity checks under OUT/mt_bench (none without it)."""
-    if not (out / "mt_bench").is_dir():
-        return [], []
-    from pefteval.judging.output import load_checks, load_judgments
-
-    return load_judgments(out), list(load_checks(out).values())
 
 
 def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> str:
