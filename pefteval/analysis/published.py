@@ -32,7 +32,9 @@ from pefteval.files import atomic_write_json, make_dir, save_tensors
 from pefteval.kinds import load_base, rebuild
 from pefteval.probe import Probe
 from pefteval.reporting.fmt import save_figure
+from pefteval.selection import record_kind
 
+LM_KINDS = ("generative", "label_words", "instruct")  # the kinds whose model keeps its language-modelling head
 TYPE_ORDER = ("query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out")
 
 
@@ -41,6 +43,12 @@ def _saved_or_measured(run: Run, name: str, options: Any, data_dir: Path | None)
     if path.is_file():
         return read_json(path)
     make_dir(run.dir / "analysis")
+    kind_name = record_kind(run.record)
+    if name == "forgetting" and kind_name not in LM_KINDS:  # known from the record: no model to load
+        data = {"applies": False, "why": f"a {kind_name} trial's model ({run.record['config']['model']}) has a task "
+                "head, no language-modelling head: its loss on general text is not defined"}
+        atomic_write_json(path, data)
+        return data
     if name == "intruders":
         model, base, _probe, _trial = load_trained(run.dir)
         base_state = {n: p.detach() for n, p in base.named_parameters()}

@@ -215,6 +215,8 @@ def _needed(row: Comparison) -> str:
     if row.power is None or row.verdict != "same":
         return ""
     pw = row.power
+    if row.diff is not None and row.diff.estimate == 0:
+        return "– (Δ = 0)"
     if pw.seeds_needed is None and pw.examples_needed is None:
         return "more seeds and more examples together"
     seeds = (f"{pw.seeds_needed} seeds" if pw.seeds_needed
