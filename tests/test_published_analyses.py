@@ -158,11 +158,12 @@ def test_an_encoder_has_no_forgetting_but_a_similarity(tmp_path, tiny_bert_dir, 
     out = tmp_path / "out"
     proc = run_cli("run", tmp_path / "c.yaml", "--out", out, "--data-dir", data)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # measured afterwards from the saved weights, the general text read from --data-dir
-    proc = run_cli("analyze", "forgetting", out, "--data-dir", data)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "does not apply" in proc.stdout and "similarity" in proc.stdout
-    proc = run_cli("analyze", "similarity", out, "--data-dir", data)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "base vs lora" in proc.stdout
-    assert any((p / "general_probe.safetensors").is_file() for p in (out / "runs").iterdir())
+    # measured afterwards from the saved weights, the general text read from the data directory
+    from pefteval.analysis import run_analysis
+
+    forgetting = run_analysis("forgetting", out, data_dir=data).markdown()
+    assert "does not apply" in forgetting and "similarity" in forgetting
+    similarity = run_analysis("similarity", out, data_dir=data).markdown()
+    assert "base vs lora" in similarity and "FFT vs lora" in similarity
+    probe = Probe.load(next((out / "runs").glob("*lora*")) / "general_probe.safetensors")
+    assert probe.tensors["input_ids"].shape == (6, 24)

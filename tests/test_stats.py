@@ -243,3 +243,30 @@ def test_pareto_front_and_figures_are_written(tmp_path):
     for path in (plot_comparison(table.significance, ["fft", "lora", "bitfit"], tmp_path / "c.png"),
                  plot_pareto(table, tmp_path / "p.png")):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_pooled_test_over_sets_sharing_models_keeps_its_rate():
+    """Two test sets answered by the same models (a seed's shift moves both): the pooled test of the
+    mean difference rejects a true null at most at 5%, and finds a shared 8-point loss."""
+    rng = np.random.default_rng(21)
+    reps, seeds, sizes = 800, 4, (300, 120)
+    rejected = found = 0
+    for rep in range(reps):
+        delta = 0.0 if rep % 2 == 0 else 1.0
+        shift = rng.normal(0, 0.3, (2, seeds))  # per method and seed, shared by both sets
+        diffs = []
+        for n in sizes:
+            logit = 1.0 + rng.normal(0, 1.5, n)[None, None, :] + rng.normal(0, 0.5, (2, 1, n)) + shift[:, :, None]
+            logit[1] -= delta
+            y = (rng.random(logit.shape) < 1 / (1 + np.exp(-logit))).astype(float)
+            diffs.append(y[1] - y[0])
+        d = stats.pooled_paired_test(diffs)
+        if delta == 0.0:
+            rejected += d.p < 0.05
+        else:
+            found += d.high < 0
+    half = reps // 2
+    assert rejected / half <= stats.ALPHA + slack(half)
+    assert found / half >= 0.6
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.pooled_paired_test([np.zeros((3, 5)), np.zeros((4, 5))])
