@@ -130,3 +130,16 @@ class ResultStore:
             rows = self._conn.execute(query, (status,) if status else ()).fetchall()
         for (text,) in rows:
             yield json.loads(text)
+
+
+def read_complete(out: Path) -> list[dict[str, Any]]:
+    """The complete trials' records of results directory ``out`` (read-only), or a clear error when
+    it has no store or nothing complete yet."""
+    path = Path(out) / "results.sqlite"
+    if not path.is_file():
+        raise UserError(f"no results store at {path}; run `pefteval run CONFIG --out {out}` first")
+    with ResultStore(path, read_only=True) as store:
+        records = list(store.records())
+    if not records:
+        raise UserError(f"{path} holds no complete trials yet")
+    return records

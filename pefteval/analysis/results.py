@@ -17,7 +17,7 @@ from pefteval.config import AnalysisConfig
 from pefteval.errors import UserError
 from pefteval.metrics import mean_std
 from pefteval.selection import select_grid_points
-from pefteval.store import ResultStore
+from pefteval.store import read_complete
 
 ANALYSES = ("increments", "spectrum", "bound", "sensitivity", "intruders", "forgetting", "similarity")
 
@@ -86,15 +86,7 @@ class Run:
 
 def load_runs(out: Path) -> list[Run]:
     """The trials the report compares: per task and method, the selected grid point's seeds."""
-
-    path = out / "results.sqlite"
-    if not path.is_file():
-        raise UserError(f"no results store at {path}; run `pefteval run CONFIG --out {out}` first")
-    with ResultStore(path, read_only=True) as store:
-        records = list(store.records())
-    if not records:
-        raise UserError(f"{path} holds no complete trials yet")
-    selection = select_grid_points(records)
+    selection = select_grid_points(read_complete(out))
     runs = []
     for (task, method), (_hp, recs) in selection.chosen.items():
         for rec in sorted(recs, key=lambda r: r["config"]["seed"]):

@@ -38,7 +38,7 @@ from pefteval.errors import UserError
 from pefteval.reporting.mt_bench import judge_identity, saved_judgments
 from pefteval.reporting.significance import ScoresOf, baseline_label, scores_from
 from pefteval.selection import Selection, report_group, select_grid_points, task_label
-from pefteval.store import ResultStore
+from pefteval.store import read_complete
 from pefteval.tasks import TASKS
 
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli")
@@ -105,13 +105,7 @@ class Evidence:
 
 
 def load_evidence(out: Path) -> Evidence:
-    path = out / "results.sqlite"
-    if not path.is_file():
-        raise UserError(f"no results store at {path}: `pefteval claims` reads the directories `pefteval run` wrote")
-    with ResultStore(path, read_only=True) as store:
-        records = list(store.records())
-    if not records:
-        raise UserError(f"{path} holds no complete trials yet")
+    records = read_complete(out)
     sel = select_grid_points(records)
     groups = {task_label(r["config"]): report_group(r) for r in records}
     method_type = {m: recs[0]["config"]["method"].get("type", "") for (_t, m), (_h, recs) in sel.chosen.items()}
