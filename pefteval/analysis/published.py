@@ -278,8 +278,9 @@ def analyse_similarity(runs: list[Run], target: Path, options: Any, data_dir: Pa
         "Wikipedia paragraphs (SQuAD v1.1 dev contexts), each paragraph's states mean-pooled over its tokens; "
         "1 means the same representation up to rotation and scale. Base vs trained: how far training moved "
         "each layer; FFT vs method: trials of the same seed.",
-        "With n paragraphs, linear CKA of unrelated representations is not 0 but of order d/n for width d; "
-        "compare methods with each other, not with 0.",
+        "Linear CKA is biased upward when the paragraphs are fewer than the model's width (unrelated "
+        "representations score well above 0): compare methods with each other on the same paragraphs, not with "
+        "an absolute scale; analyses.general_texts sets how many paragraphs training keeps.",
     ]
     result.figures.append(_plot_curves(curves, target / "similarity.png"))
     return result
