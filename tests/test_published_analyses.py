@@ -133,7 +133,8 @@ def test_the_published_analyses_render_tables_and_figures(analysed_decoder):
     out, _proc = analysed_decoder
     text = (out / "analysis" / "intruders.md").read_text()
     assert "Intruder dimensions" in text and "| fft |" in text and "| lora |" in text
-    assert (out / "analysis" / "intruders.png").is_file() and (out / "analysis" / "similarity.png").is_file()
+    for figure in ("intruders.png", "forgetting.png", "similarity.png"):
+        assert (out / "analysis" / figure).read_bytes()[:4] == b"\x89PNG"
     forgetting = (out / "analysis" / "forgetting.md").read_text()
     assert "Change vs FFT (95% CI)" in forgetting and "8 Wikipedia paragraphs" in forgetting
     similarity = (out / "analysis" / "similarity.md").read_text()

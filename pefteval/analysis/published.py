@@ -7,6 +7,7 @@ data directory and tokenised now), and the result is kept there."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ def analyse_forgetting(runs: list[Run], target: Path, options: Any, data_dir: Pa
                             "(Biderman et al. 2024)")
     grouped = _grouped(runs, "forgetting", options, data_dir)
     why = None
+    changes: dict[str, dict[str, list[float]]] = {}
     for task, methods in grouped.items():
         rows = []
         applies = {m: items for m, items in methods.items() if all(d["applies"] for _r, d in items)}
@@ -185,11 +187,14 @@ def analyse_forgetting(runs: list[Run], target: Path, options: Any, data_dir: Pa
             if fft is not None and method != fft:
                 versus = _versus(applies[fft], items)
             rows.append([method, cell(base, 4), cell(after, 4), cell(change, 4), versus, str(len(items))])
+            changes.setdefault(task, {})[method] = change
         first = next(iter(applies.values()))[0][1]
         result.sections.append(Section(
             f"{task}: mean per-token loss on {first['texts']} Wikipedia paragraphs ({first['tokens']:,} tokens), "
             "mean (std) over seeds", ["Method", "Before", "After", "Change (forgetting)", "Change vs FFT (95% CI)",
                                       "Seeds"], rows))
+    if changes:
+        result.figures.append(_plot_changes(changes, target / "forgetting.png"))
     if why is not None and not result.sections:
         result.notes.append(f"Forgetting does not apply to these models: {why}. For an encoder trained with a "
                             "classification head, `pefteval analyze similarity` measures how far its "
@@ -203,6 +208,29 @@ def analyse_forgetting(runs: list[Run], target: Path, options: Any, data_dir: Pa
         "paragraphs) t test of docs/statistics.md (negative: forgets less than FFT).",
     ]
     return result
+
+
+def _plot_changes(changes: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(changes), figsize=(4.5 * len(changes), 3.2), squeeze=False)
+    for ax, (task, methods) in zip(axes[0], changes.items()):
+        names = list(methods)
+        means = [mean_std(methods[m])[0] for m in names]
+        stds = [mean_std(methods[m])[1] for m in names]
+        ax.bar(names, means, yerr=[0.0 if math.isnan(v) else v for v in stds], capsize=3, color="#4c72b0")
+        for i, m in enumerate(names):
+            ax.scatter([i] * len(methods[m]), methods[m], color="black", s=10, zorder=3)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_ylabel("loss after − before (nats per token)", fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Forgetting: change of the loss on general text (bars: mean ± std over seeds; dots: seeds)",
+                 fontsize=9)
+    return save_figure(fig, path)
 
 
 def _versus(fft_items: list[tuple[Run, dict[str, Any]]], items: list[tuple[Run, dict[str, Any]]]) -> str:

@@ -39,7 +39,7 @@ def _image(path: Path, alt: str) -> str:
 
 def _figures_for(name: str, folder: Path) -> list[Path]:
     pattern = {"increments": "increments_*.png", "spectrum": "spectrum.png", "intruders": "intruders.png",
-               "similarity": "similarity.png"}.get(name)
+               "forgetting": "forgetting.png", "similarity": "similarity.png"}.get(name)
     return sorted(folder.glob(pattern)) if pattern else []
 
 
