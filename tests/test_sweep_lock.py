@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 def sweep(tmp_path, tiny_bert_dir):
     data = write_sst2_layout(tmp_path / "data", n_train=400, n_dev=16, n_adv=8)
     # two trials (FFT, LoRA) of several seconds each: long enough to be caught running
-    training = {"epochs": 6, "batch_size": 8, "max_seq_length": 32, "lr": 1e-3, "precision": "fp32"}
+    training = {"epochs": 12, "batch_size": 8, "max_seq_length": 32, "lr": 1e-3, "precision": "fp32"}
     return write_config(tmp_path / "exp.yaml", tiny_bert_dir, training=training), data, tmp_path / "out"
 
 
@@ -101,7 +101,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(sweep, tmp_path):
     cfg, data, out = sweep
     log = tmp_path / "first.txt"
     first = _start(cfg, out, data, log)
-    _wait_for_text(first, log, "[trial 1/2] fft sst2 seed 0 | epoch 1/6 done")
+    _wait_for_text(first, log, "[trial 1/2] fft sst2 seed 0 | epoch 1/12 done")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert json.loads((out / ".pefteval.lock").read_text())["pid"] == first.pid  # left behind

@@ -456,16 +456,18 @@ def _text(key: str) -> str:
     return next(c.text for c in CLAIMS if c.key == key)
 
 
-def render_markdown(report: ClaimsReport, heading: str = "## The paper's claims") -> str:
+def render_markdown(report: ClaimsReport, heading: str = "## The paper's claims", sources: bool = True) -> str:
+    """The claims table; ``sources=False`` (one directory's own report) leaves its path out."""
     lines = [heading, "", "| Claim | Verdict | Effect (95% CI) | n | Test | Results |", "|---|---|---|---|---|---|"]
     for d in sorted(report.decisions, key=lambda d: d.claim):
-        lines.append(f"| ({d.claim}) {_text(d.claim)} | **{d.verdict}** | {d.effect} | {d.n} | {d.test} | "
-                     f"{d.source}: {d.detail} |")
+        where = f"{d.source}: {d.detail}" if sources else d.detail
+        lines.append(f"| ({d.claim}) {_text(d.claim)} | **{d.verdict}** | {d.effect} | {d.n} | {d.test} | {where} |")
     if report.untestable:
         lines += ["", "Not testable with these results:", ""]
         for c in CLAIMS:
             if c.key in report.untestable:
-                lines.append(f"- ({c.key}) {c.text} — needs {c.needs}; " + "; ".join(report.untestable[c.key]))
+                why = report.untestable[c.key] if sources else [w.split(": ", 1)[-1] for w in report.untestable[c.key]]
+                lines.append(f"- ({c.key}) {c.text} — needs {c.needs}; " + "; ".join(why))
     lines += ["", f"- Rules (margin {report.margin:g} point(s) of a 100-point scale; MT-Bench ratings: a tenth of "
                   "it): 'X ≥ FFT' holds when the interval's lower end is above −margin and is contradicted when "
                   "its upper end is below 0; 'FFT > X' holds when the upper end is below 0 and is contradicted "

@@ -82,7 +82,9 @@ def pareto_points(table: Any) -> dict[str, dict[str, float]]:
     memory) and training seconds per trial."""
     sig = table.significance
     tasks = list(dict.fromkeys(t for t, s, _m in sig.arms if s == "test"))
-    points = {}
+    points: dict[str, dict[str, float]] = {}
+    if not tasks:  # no per-example test scores (instruction tuning: MT-Bench is judged)
+        return points
     for row in table.rows:
         scores = [sig.arms[(t, "test", row.method)].mean for t in tasks if (t, "test", row.method) in sig.arms]
         if len(scores) != len(tasks) or not row.trainable:

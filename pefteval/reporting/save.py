@@ -47,7 +47,8 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
         from pefteval.reporting.claims import evaluate_claims, render_markdown
 
         markdown = render(table, "markdown") + "\n" + render_markdown(evaluate_claims([out]),
-                                                                       heading="### The paper's claims")
+                                                                       heading="### The paper's claims",
+                                                                       sources=False)
         if fmt == "html":
             from pefteval.reporting.html import render_html
 
