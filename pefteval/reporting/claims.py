@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import numpy as np
 from pefteval import stats
 from pefteval.errors import UserError
 from pefteval.reporting.mt_bench import judge_identity, saved_judgments
-from pefteval.reporting.significance import ScoresOf, baseline_label, scores_from
+from pefteval.reporting.significance import ScoresOf, baseline_label, judgment_scores, scores_from
 from pefteval.selection import Selection, report_group, select_grid_points, task_label
 from pefteval.store import read_complete
 from pefteval.tasks import TASKS
@@ -104,13 +103,17 @@ class Evidence:
                 and ((peft and self.method_type.get(m) != "fft") or self.method_type.get(m) in types)]
 
 
-def load_evidence(out: Path) -> Evidence:
-    records = read_complete(out)
+def load_evidence(out: Path, records: list[dict[str, Any]] | None = None, scores_of: ScoresOf | None = None,
+                  judgments: list[dict[str, Any]] | None = None) -> Evidence:
+    """What ``out`` holds for the claims; a report that has read the records, the per-example scores
+    and the judgments already passes them in, so that nothing is read twice."""
+    records = records if records is not None else read_complete(out)
     sel = select_grid_points(records)
     groups = {task_label(r["config"]): report_group(r) for r in records}
     method_type = {m: recs[0]["config"]["method"].get("type", "") for (_t, m), (_h, recs) in sel.chosen.items()}
-    judgments, _checks = saved_judgments(out)
-    return Evidence(out, sel, groups, scores_from(out), judgments, method_type,
+    if judgments is None:
+        judgments, _checks = saved_judgments(out)
+    return Evidence(out, sel, groups, scores_of or scores_from(out), judgments, method_type,
                     baseline_label(sel.methods, method_type))
 
 
@@ -129,15 +132,9 @@ def _trial_scores(ev: Evidence, task: str, method: str, split: str) -> dict[int,
 
 
 def _mt_scores(ev: Evidence, task: str, method: str, judge: Any) -> dict[int, dict[str, float | None]]:
-    models = {r["mt_bench"]["model_id"]: r["config"]["seed"] for r in ev.sel.chosen[(task, method)][1]
-              if r.get("mt_bench")}
-    out: dict[int, dict[str, float | None]] = defaultdict(dict)
-    for row in ev.judgments:
-        if judge_identity(row) == judge and str(row.get("model")) in models:
-            score = row.get("score")
-            out[models[str(row["model"])]][f"{row.get('question_id')}:{row.get('turn')}"] = (
-                float(score) if isinstance(score, (int, float)) and score != -1 else None)
-    return dict(out)
+    per_model = judgment_scores(ev.judgments).get(judge, {})
+    return {r["config"]["seed"]: per_model[r["mt_bench"]["model_id"]] for r in ev.sel.chosen[(task, method)][1]
+            if r.get("mt_bench") and r["mt_bench"]["model_id"] in per_model}
 
 
 def pool(ev: Evidence, cells: list[tuple[str, str]], methods: list[str], judge: Any = None) -> Pool | str:
@@ -429,14 +426,16 @@ DECIDERS = {"a": claim_a, "b": claim_b, "c": claim_c, "d": claim_d, "e": claim_e
             "h": claim_h}
 
 
-def evaluate_claims(outs: list[Path], margin: float = 1.0) -> ClaimsReport:
+def evaluate_claims(outs: list[Path], margin: float = 1.0, evidence: list[Evidence] | None = None) -> ClaimsReport:
+    """The claims decided on each directory of ``outs`` (or on ``evidence`` already loaded)."""
     if margin < 0 or math.isnan(margin):
         raise UserError(f"--margin {margin}: give a non-negative number of points (1 = one accuracy point)")
     report = ClaimsReport(margin=margin)
     for out in outs:
         if not Path(out).is_dir():
             raise UserError(f"results directory {out} does not exist")
-        ev = load_evidence(Path(out))
+    for ev in evidence if evidence is not None else [load_evidence(Path(out)) for out in outs]:
+        out = ev.out
         for claim in CLAIMS:
             if ev.baseline is None:
                 got: Any = "no FFT trials to compare against"

@@ -42,11 +42,14 @@ def write_report(out: str | Path, fmt: str = "markdown", save: bool = True) -> s
     judgments, checks = saved_judgments(out)
     from pefteval.reporting.significance import scores_from
 
-    table = build_table(records, failed, judgments, checks, scores_from(out))
+    scores_of = scores_from(out)
+    table = build_table(records, failed, judgments, checks, scores_of)
     if fmt in ("markdown", "html"):
-        from pefteval.reporting.claims import evaluate_claims, render_markdown
+        from pefteval.reporting.claims import evaluate_claims, load_evidence, render_markdown
 
-        markdown = render(table, "markdown") + "\n" + render_markdown(evaluate_claims([out]),
+        # the claims read what the table has read (records, per-example scores, judgments)
+        evidence = load_evidence(out, records, scores_of, judgments)
+        markdown = render(table, "markdown") + "\n" + render_markdown(evaluate_claims([out], evidence=[evidence]),
                                                                        heading="### The paper's claims",
                                                                        sources=False)
         if fmt == "html":

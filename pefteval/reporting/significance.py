@@ -175,15 +175,21 @@ def _arm_intervals(task: str, method: str, recs: list[dict[str, Any]], scores_of
     return out
 
 
-def _mt_bench_rows(sel: Any, task: str, baseline: str, judgments: list[dict[str, Any]],
-                   bootstrap_draws: int) -> list[Comparison]:
-    """Per judge: each method against FFT on the rating of every (question, turn)."""
+def judgment_scores(judgments: list[dict[str, Any]]) -> dict[Any, dict[str, dict[str, float | None]]]:
+    """Judge identity -> model id -> "question_id:turn" -> rating (None: unrated, FastChat's -1)."""
     by_judge: dict[Any, dict[str, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
     for row in judgments:
         score = row.get("score")
         rated = isinstance(score, (int, float)) and score != -1
         by_judge[judge_identity(row)][str(row.get("model"))][f"{row.get('question_id')}:{row.get('turn')}"] = (
             float(score) if rated else None)
+    return by_judge
+
+
+def _mt_bench_rows(sel: Any, task: str, baseline: str, judgments: list[dict[str, Any]],
+                   bootstrap_draws: int) -> list[Comparison]:
+    """Per judge: each method against FFT on the rating of every (question, turn)."""
+    by_judge = judgment_scores(judgments)
     rows = []
     for identity, per_model in by_judge.items():
         name = f"MT-Bench ({identity[1]})"
